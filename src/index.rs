@@ -1,0 +1,309 @@
+//! The redb index: each key's current entry, plus the tables that keep compaction and the
+//! in-doubt list proportional to what they touch.
+//!
+//! Tables:
+//! - `records`: encoded key → encoded entry (see [`crate::record`]).
+//! - `expiry`: (`expires_at` ns, encoded key) → (). One row per record; TTL compaction walks
+//!   it from the oldest and stops at the first row still live.
+//! - `in_progress`: encoded key → (). The keys whose entry is a claim.
+//! - `meta`: name → u64: `checkpoint_lsn` (the last log record whose effect is in the durable
+//!   index) and `next_token` (the next fencing token to hand out), written in the same commit.
+//!
+//! Between checkpoints the index is written with redb's non-durable commits: the log is what
+//! makes those writes durable. A checkpoint is one durable commit with quick-repair, so a
+//! crash costs a log replay, not a walk of the whole index.
+
+use std::fmt;
+use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use redb::{
+    Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    StorageBackend, TableDefinition,
+};
+
+use crate::error::{Error, Result};
+use crate::record::{Entry, le_u64};
+use crate::storage::StorageFile;
+
+/// The index file's name in the store directory.
+pub(crate) const INDEX_FILE: &str = "index.redb";
+
+const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
+const EXPIRY: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("expiry");
+const IN_PROGRESS: TableDefinition<&[u8], ()> = TableDefinition::new("in_progress");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const META_CHECKPOINT_LSN: &str = "checkpoint_lsn";
+const META_NEXT_TOKEN: &str = "next_token";
+
+/// Offset of `expires_at` and of the state byte in an encoded entry (see `record.rs`).
+const ENTRY_EXPIRES_AT: usize = 54;
+const ENTRY_STATE: usize = 1;
+const STATE_IN_PROGRESS: u8 = 1;
+
+/// One change to apply: the key and its new encoded entry (`None` deletes the key).
+#[derive(Debug, Clone)]
+pub(crate) struct Change {
+    pub key: Vec<u8>,
+    pub entry: Option<Vec<u8>>,
+}
+
+/// What a checkpoint records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Checkpoint {
+    pub lsn: u64,
+    pub next_token: u64,
+}
+
+pub(crate) struct Index {
+    db: Database,
+    snapshot: RwLock<Arc<ReadOnlyTable<&'static [u8], &'static [u8]>>>,
+}
+
+impl fmt::Debug for Index {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Index").finish_non_exhaustive()
+    }
+}
+
+impl Index {
+    /// Opens (or creates) the index in `file`. A damaged file is `Error::Corruption`, also
+    /// where redb itself would panic on it.
+    pub fn open(file: Arc<dyn StorageFile>, cache_size: usize) -> Result<Index> {
+        let opened = catch_unwind(AssertUnwindSafe(|| -> Result<Database> {
+            let mut builder = Database::builder();
+            builder.set_cache_size(cache_size);
+            Ok(builder.create_with_backend(Backend(file))?)
+        }));
+        let db = match opened {
+            Ok(db) => db?,
+            Err(panic) => return Err(Error::corruption(panic_message(&panic), INDEX_FILE)),
+        };
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(RECORDS)?;
+            txn.open_table(EXPIRY)?;
+            txn.open_table(IN_PROGRESS)?;
+            txn.open_table(META)?;
+        }
+        txn.commit()?;
+        let snapshot = RwLock::new(Arc::new(db.begin_read()?.open_table(RECORDS)?));
+        Ok(Index { db, snapshot })
+    }
+
+    /// The last checkpoint, or zeros for a new index.
+    pub fn checkpoint(&self) -> Result<Checkpoint> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let read = |name| -> Result<u64> { Ok(meta.get(name)?.map(|v| v.value()).unwrap_or(0)) };
+        Ok(Checkpoint {
+            lsn: read(META_CHECKPOINT_LSN)?,
+            next_token: read(META_NEXT_TOKEN)?,
+        })
+    }
+
+    /// Calls `f` with the encoded entry of `key`, without copying it.
+    pub fn with_entry<T>(&self, key: &[u8], f: impl FnOnce(Option<&[u8]>) -> T) -> Result<T> {
+        let table = self.snapshot.read().clone();
+        let guard = table.get(key)?;
+        Ok(f(guard.as_ref().map(|v| v.value())))
+    }
+
+    /// Applies `changes` in order in one commit. With `checkpoint`, the commit is durable and
+    /// records it; otherwise it is a non-durable commit that a crash may undo.
+    pub fn apply(&self, changes: &[Change], checkpoint: Option<Checkpoint>) -> Result<()> {
+        let mut txn = self.db.begin_write()?;
+        let durability = match checkpoint {
+            Some(_) => {
+                txn.set_quick_repair(true);
+                Durability::Immediate
+            }
+            None => Durability::None,
+        };
+        txn.set_durability(durability)
+            .map_err(|e| Error::Index(Box::new(e.into())))?;
+        {
+            let mut records = txn.open_table(RECORDS)?;
+            let mut expiry = txn.open_table(EXPIRY)?;
+            let mut in_progress = txn.open_table(IN_PROGRESS)?;
+            for change in changes {
+                let key = change.key.as_slice();
+                let old = match &change.entry {
+                    Some(entry) => records.insert(key, entry.as_slice())?,
+                    None => records.remove(key)?,
+                };
+                let old = old.map(|v| v.value().to_vec());
+                if let Some(old) = &old {
+                    expiry.remove((le_u64(old, ENTRY_EXPIRES_AT), key))?;
+                }
+                match &change.entry {
+                    Some(entry) => {
+                        expiry.insert((le_u64(entry, ENTRY_EXPIRES_AT), key), ())?;
+                        if entry.get(ENTRY_STATE) == Some(&STATE_IN_PROGRESS) {
+                            in_progress.insert(key, ())?;
+                        } else if is_in_progress(old.as_deref()) {
+                            in_progress.remove(key)?;
+                        }
+                    }
+                    None => {
+                        if is_in_progress(old.as_deref()) {
+                            in_progress.remove(key)?;
+                        }
+                    }
+                }
+            }
+            if let Some(cp) = checkpoint {
+                let mut meta = txn.open_table(META)?;
+                meta.insert(META_CHECKPOINT_LSN, cp.lsn)?;
+                meta.insert(META_NEXT_TOKEN, cp.next_token)?;
+            }
+        }
+        txn.commit()?;
+        self.refresh()
+    }
+
+    /// Makes readers see the latest commit.
+    fn refresh(&self) -> Result<()> {
+        let mut snapshot = self.snapshot.write();
+        *snapshot = Arc::new(self.db.begin_read()?.open_table(RECORDS)?);
+        Ok(())
+    }
+
+    /// Removes up to `limit` records whose `expires_at` is at or before `now`, skipping keys
+    /// for which `skip` is true (they have a change in flight). Returns the number removed and
+    /// whether rows at or before `now` remain.
+    pub fn purge(
+        &self,
+        now: u64,
+        limit: usize,
+        skip: &dyn Fn(&[u8]) -> bool,
+    ) -> Result<(u64, bool)> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::None)
+            .map_err(|e| Error::Index(Box::new(e.into())))?;
+        let mut removed = 0u64;
+        let mut more = false;
+        {
+            let mut records = txn.open_table(RECORDS)?;
+            let mut expiry = txn.open_table(EXPIRY)?;
+            let mut in_progress = txn.open_table(IN_PROGRESS)?;
+            let mut due: Vec<(u64, Vec<u8>)> = Vec::new();
+            for row in expiry.range::<(u64, &[u8])>(..(now.saturating_add(1), &[][..]))? {
+                let (k, _) = row?;
+                let (at, key) = k.value();
+                if skip(key) {
+                    continue;
+                }
+                if due.len() == limit {
+                    more = true;
+                    break;
+                }
+                due.push((at, key.to_vec()));
+            }
+            for (at, key) in due {
+                expiry.remove((at, key.as_slice()))?;
+                let current = records.get(key.as_slice())?.map(|v| v.value().to_vec());
+                // A row whose record has another expiry is stale: the record moved on.
+                if let Some(current) = current
+                    && le_u64(&current, ENTRY_EXPIRES_AT) == at
+                {
+                    records.remove(key.as_slice())?;
+                    if is_in_progress(Some(&current)) {
+                        in_progress.remove(key.as_slice())?;
+                    }
+                    removed += 1;
+                }
+            }
+        }
+        txn.commit()?;
+        self.refresh()?;
+        Ok((removed, more))
+    }
+
+    /// The keys with a claim in progress, with their encoded entries.
+    pub fn in_progress(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let txn = self.db.begin_read()?;
+        let keys = txn.open_table(IN_PROGRESS)?;
+        let records = txn.open_table(RECORDS)?;
+        let mut out = Vec::new();
+        for row in keys.iter()? {
+            let (key, _) = row?;
+            if let Some(entry) = records.get(key.value())? {
+                out.push((key.value().to_vec(), entry.value().to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Calls `f` with every record in key order, stopping at its first error.
+    pub fn for_each(&self, mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+        let table = self.snapshot.read().clone();
+        for row in table.iter()? {
+            let (key, entry) = row?;
+            f(key.value(), entry.value())?;
+        }
+        Ok(())
+    }
+
+    /// How many records and in-progress claims the index holds.
+    pub fn counts(&self) -> Result<(u64, u64)> {
+        let txn = self.db.begin_read()?;
+        Ok((
+            txn.open_table(RECORDS)?.len()?,
+            txn.open_table(IN_PROGRESS)?.len()?,
+        ))
+    }
+}
+
+fn is_in_progress(entry: Option<&[u8]>) -> bool {
+    entry.and_then(|e| e.get(ENTRY_STATE)) == Some(&STATE_IN_PROGRESS)
+}
+
+/// Decodes an encoded entry, naming the index as the location on damage.
+pub(crate) fn decode_entry(key: &[u8], bytes: &[u8]) -> Result<Entry> {
+    Entry::decode(key, bytes, &|| {
+        format!("{INDEX_FILE} record for key {}", hex_prefix(key))
+    })
+}
+
+fn hex_prefix(bytes: &[u8]) -> String {
+    bytes.iter().take(32).map(|b| format!("{b:02x}")).collect()
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let msg = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    format!("index file is damaged (redb: {msg})")
+}
+
+/// redb's view of a [`StorageFile`].
+#[derive(Debug)]
+struct Backend(Arc<dyn StorageFile>);
+
+impl StorageBackend for Backend {
+    fn len(&self) -> io::Result<u64> {
+        self.0.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        self.0.read_exact_at(out, offset)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.0.write_all_at(data, offset)
+    }
+}

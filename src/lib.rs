@@ -1,0 +1,73 @@
+//! Exactly-once results for side-effecting operations: a crash-safe, embedded
+//! idempotency-key store.
+//!
+//! Before a service runs an operation with side effects (charge a card, send a message,
+//! create an order) it asks the store about the operation's [`Key`]. The answer is a
+//! [`Begin`]: *run it* (you hold a [`Claim`]), *already done* (replay the stored
+//! [`Outcome`]), *someone is running it now*, or *this key was used with a different request*.
+//!
+//! ```
+//! use idemstore::{Begin, Key, Store};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let store = Store::open(dir.path())?;
+//! let key = Key::new("client-42", "9f1c-idempotency-key", "POST /v1/charges")?;
+//! let request = br#"{"amount": 1000, "currency": "EUR"}"#;
+//!
+//! let response = match store.begin(&key, request)? {
+//!     Begin::Claimed(claim) => {
+//!         let response = b"charge ch_1 created".to_vec(); // the side effect, run once
+//!         store.complete(&claim, &response)?.into_data()  // durable before it returns
+//!     }
+//!     Begin::Completed(outcome) => outcome.into_data(),   // a retry: replay, don't re-run
+//!     Begin::InProgress { .. } => panic!("409: someone is running it now"),
+//!     Begin::Mismatch { .. } => panic!("422: same key, different request"),
+//! };
+//!
+//! // The client retries: the stored response is replayed and nothing runs again.
+//! assert!(matches!(store.begin(&key, request)?, Begin::Completed(o) if o.data() == response));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Guarantees
+//!
+//! - Everything acknowledged in [`Durability::Immediate`] (the default) survives kill -9 and
+//!   power loss: an append-only, CRC-framed log is synced before a call returns, and many
+//!   concurrent callers share one sync (group commit).
+//! - Of any number of concurrent `begin` calls for one key, exactly one claims it. Fencing
+//!   tokens are strictly increasing across the store and restarts.
+//! - Every stored record is checksummed and verified on every read: damage is
+//!   [`Error::Corruption`], never a wrong outcome. A torn log tail is cut off and reported.
+//! - Outcomes are kept for a retention window and then compacted away, at a cost proportional
+//!   to what expires.
+//!
+//! The on-disk format and the recovery algorithm are described in `docs/design.md`.
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+mod claim;
+mod clock;
+mod decide;
+mod error;
+mod execute;
+mod index;
+mod key;
+mod log;
+mod options;
+mod record;
+mod recovery;
+mod stats;
+pub mod storage;
+mod store;
+
+pub use claim::{Begin, Claim};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{Error, Result};
+pub use execute::{ExecuteError, Execution};
+pub use key::{Fingerprint, Key, MAX_KEY_PART};
+pub use log::frame::MAX_OUTCOME_LIMIT;
+pub use options::{Durability, Options};
+pub use record::{Outcome, Record, RecordState};
+pub use stats::{RecoveryReport, Stats, TornTail};
+pub use store::Store;

@@ -1,0 +1,81 @@
+//! What the store reports about itself: counters, and what the last open recovered.
+
+use std::time::Duration;
+
+/// Counters and sizes of an open store, from [`Store::stats`](crate::Store::stats).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Records in the index, including expired ones not yet compacted.
+    pub records: u64,
+    /// Claims in progress (including lapsed ones), as of the last applied change.
+    pub in_progress: u64,
+    /// The LSN of the last log record written.
+    pub last_lsn: u64,
+    /// The LSN of the last acknowledged log record.
+    pub acknowledged_lsn: u64,
+    /// The last LSN whose effect is in the durable index.
+    pub checkpoint_lsn: u64,
+    /// The next fencing token to be handed out.
+    pub next_token: u64,
+    /// Log records appended since open.
+    pub appended: u64,
+    /// Batches written by group commit since open (`appended / batches` is the batching factor).
+    pub batches: u64,
+    /// Log syncs (fdatasync) since open.
+    pub syncs: u64,
+    /// Checkpoints since open.
+    pub checkpoints: u64,
+    /// Records removed by TTL compaction since open.
+    pub purged: u64,
+    /// Log segments on disk.
+    pub segments: u64,
+    /// Bytes in the current log segment.
+    pub current_segment_bytes: u64,
+}
+
+/// What the last open found and did, from
+/// [`Store::recovery_report`](crate::Store::recovery_report).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecoveryReport {
+    /// Whether the index file was created by this open (a new store).
+    pub created: bool,
+    /// The checkpoint the index held when opened.
+    pub checkpoint_lsn: u64,
+    /// Log records applied to the index because they were newer than the checkpoint.
+    pub replayed: u64,
+    /// The last valid LSN in the log after recovery.
+    pub last_lsn: u64,
+    /// Segments read.
+    pub segments_read: u64,
+    /// The torn tail that was cut off, if the log ended in one.
+    pub torn_tail: Option<TornTail>,
+    /// Claims that were in progress when the store was opened: operations that may have run
+    /// partly or wholly before the crash, which a service may need to reconcile. List them
+    /// with [`Store::in_progress`](crate::Store::in_progress).
+    pub in_doubt: u64,
+    /// How long the open took.
+    pub duration: Duration,
+}
+
+/// The end of a log segment that a crash left incomplete and recovery cut off.
+///
+/// In [`Durability::Immediate`](crate::Durability::Immediate) nothing in a torn tail was
+/// acknowledged: every acknowledged record was synced, and a record is recognised as damage
+/// only when no later record proves it had been synced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TornTail {
+    /// The segment's file name.
+    pub segment: String,
+    /// Where the damage started; the segment now ends here.
+    pub offset: u64,
+    /// How many bytes were removed.
+    pub bytes_removed: u64,
+    /// Valid-looking records after the damage that were removed with it (written after the
+    /// last sync, so never acknowledged in `Immediate` mode).
+    pub frames_discarded: u64,
+    /// What was wrong at `offset`.
+    pub reason: String,
+}

@@ -1,0 +1,68 @@
+//! The file-system seam: every byte the store reads or writes, the log's and the index's,
+//! goes through [`Storage`] and [`StorageFile`].
+//!
+//! Two implementations ship: [`FsStorage`], a directory on the real file system, and
+//! [`SimDisk`], an in-memory disk that can cut power (dropping, keeping or tearing every write
+//! not yet synced) and fail any call with EIO or ENOSPC. The crash and fault tests run the
+//! same store code on the simulated disk.
+
+use std::any::Any;
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+
+mod fs;
+mod sim;
+
+pub use fs::FsStorage;
+pub use sim::{CrashMode, Fault, FaultError, Op, SimDisk};
+
+/// A flat directory of named files, with the durability operations the store relies on.
+///
+/// The store assumes the POSIX model: a file's contents are durable after
+/// [`StorageFile::sync_data`]; the creation and removal of names are durable after
+/// [`Storage::sync_dir`]; anything not yet synced may vanish, persist or be torn in a crash.
+pub trait Storage: Send + Sync + fmt::Debug + 'static {
+    /// Opens the file `name`, creating an empty one when `create` is true and it is missing.
+    /// A missing file with `create` false is an error of kind `NotFound`.
+    fn open(&self, name: &str, create: bool) -> io::Result<Arc<dyn StorageFile>>;
+
+    /// The names of all files.
+    fn list(&self) -> io::Result<Vec<String>>;
+
+    /// Removes the file `name`.
+    fn remove(&self, name: &str) -> io::Result<()>;
+
+    /// Makes the creation and removal of names durable (fsync of the directory).
+    fn sync_dir(&self) -> io::Result<()>;
+
+    /// Takes the exclusive lock of this directory: `Ok(None)` if another handle holds it. The
+    /// lock is held until the returned guard is dropped.
+    fn try_lock(&self) -> io::Result<Option<Box<dyn Any + Send + Sync>>>;
+
+    /// A name for messages: the directory path, or the simulated disk's name.
+    fn describe(&self) -> String;
+}
+
+/// One open file.
+pub trait StorageFile: Send + Sync + fmt::Debug {
+    /// The current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+
+    /// Whether the file is empty.
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Fills `buf` from `offset`; reading past the end is an error of kind `UnexpectedEof`.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+
+    /// Writes all of `data` at `offset`, growing the file as needed (with zeros in any gap).
+    fn write_all_at(&self, data: &[u8], offset: u64) -> io::Result<()>;
+
+    /// Truncates or extends (with zeros) the file to `len` bytes.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+
+    /// Makes the file's contents durable (fdatasync).
+    fn sync_data(&self) -> io::Result<()>;
+}
