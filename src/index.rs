@@ -258,6 +258,84 @@ impl Index {
     }
 }
 
+/// What [`check_read_only`] found in an index file.
+#[derive(Debug, Default)]
+pub(crate) struct IndexCheck {
+    pub checkpoint: Option<Checkpoint>,
+    pub records: u64,
+    /// (key, what is wrong) for every damaged or inconsistent row.
+    pub problems: Vec<(Vec<u8>, String)>,
+    /// Set when redb refused the read-only open because the file needs recovery.
+    pub needs_recovery: bool,
+}
+
+/// Opens the index read-only, verifies every record's checksum and the agreement of the
+/// `expiry` and `in_progress` tables with `records`, and calls `each` with every record's key
+/// and encoded entry. Writes nothing.
+pub(crate) fn check_read_only(
+    file: Arc<dyn StorageFile>,
+    mut each: impl FnMut(&[u8], &[u8]),
+) -> Result<IndexCheck> {
+    let opened = catch_unwind(AssertUnwindSafe(|| {
+        Database::builder().open_read_only_with_backend(Backend(file))
+    }));
+    let db = match opened {
+        Ok(Ok(db)) => db,
+        Ok(Err(redb::DatabaseError::RepairAborted)) => {
+            return Ok(IndexCheck {
+                needs_recovery: true,
+                ..IndexCheck::default()
+            });
+        }
+        Ok(Err(e)) => return Err(e.into()),
+        Err(panic) => return Err(Error::corruption(panic_message(&panic), INDEX_FILE)),
+    };
+    let txn = db.begin_read()?;
+    let mut check = IndexCheck::default();
+    let meta = txn.open_table(META)?;
+    let read = |name| -> Result<u64> { Ok(meta.get(name)?.map(|v| v.value()).unwrap_or(0)) };
+    check.checkpoint = Some(Checkpoint {
+        lsn: read(META_CHECKPOINT_LSN)?,
+        next_token: read(META_NEXT_TOKEN)?,
+    });
+    let records = txn.open_table(RECORDS)?;
+    let expiry = txn.open_table(EXPIRY)?;
+    let in_progress = txn.open_table(IN_PROGRESS)?;
+    for row in records.iter()? {
+        let (key, value) = row?;
+        let (key, value) = (key.value(), value.value());
+        check.records += 1;
+        each(key, value);
+        match decode_entry(key, value) {
+            Err(e) => check.problems.push((key.to_vec(), e.to_string())),
+            Ok(entry) => {
+                if expiry.get((entry.expires_at, key))?.is_none() {
+                    check
+                        .problems
+                        .push((key.to_vec(), "record has no expiry row".into()));
+                }
+                let claimed = is_in_progress(Some(value));
+                if claimed != in_progress.get(key)?.is_some() {
+                    check.problems.push((
+                        key.to_vec(),
+                        "in_progress table disagrees with record".into(),
+                    ));
+                }
+            }
+        }
+    }
+    for row in in_progress.iter()? {
+        let (key, _) = row?;
+        if records.get(key.value())?.is_none() {
+            check.problems.push((
+                key.value().to_vec(),
+                "in_progress row without a record".into(),
+            ));
+        }
+    }
+    Ok(check)
+}
+
 fn is_in_progress(entry: Option<&[u8]>) -> bool {
     entry.and_then(|e| e.get(ENTRY_STATE)) == Some(&STATE_IN_PROGRESS)
 }

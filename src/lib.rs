@@ -60,6 +60,7 @@ mod recovery;
 mod stats;
 pub mod storage;
 mod store;
+mod verify;
 
 pub use claim::{Begin, Claim};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -71,3 +72,4 @@ pub use options::{Durability, Options};
 pub use record::{Outcome, Record, RecordState};
 pub use stats::{RecoveryReport, Stats, TornTail};
 pub use store::Store;
+pub use verify::{Problem, VerifyReport, verify, verify_dir};

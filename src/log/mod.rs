@@ -4,10 +4,10 @@
 //! - [`entry`]: a frame's payload, one key's new state.
 //! - [`segment`]: segment files, their header and names, and scanning one.
 //! - [`writer`]: appending, rolling, and removing segments behind the checkpoint.
-//!
-//! Recovery, which reads the log back, lives in `recovery.rs`.
+//! - [`reader`]: reading segments back in order and finding where the log ends.
 
 pub(crate) mod entry;
 pub(crate) mod frame;
+pub(crate) mod reader;
 pub(crate) mod segment;
 pub(crate) mod writer;

@@ -1,0 +1,274 @@
+//! Reopening: after a clean close, after drop, and after power cuts at many points.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{claim, clock, completed, key, options, sim_store};
+use idemstore::storage::{CrashMode, Fault, FaultError, Op, SimDisk};
+use idemstore::{Begin, Error, Store};
+
+#[test]
+fn clean_close_keeps_everything_and_replays_nothing() {
+    let clock = clock();
+    let disk = SimDisk::new("t");
+    let store = sim_store(&disk, &clock);
+    let done = claim(&store, &key(1), b"a");
+    store.complete(&done, b"outcome-1").unwrap();
+    let open = claim(&store, &key(2), b"b");
+    store.close().unwrap();
+
+    let store = sim_store(&disk, &clock);
+    let report = store.recovery_report();
+    assert!(!report.created);
+    assert_eq!(report.replayed, 0, "a clean close checkpoints everything");
+    assert_eq!(report.torn_tail, None);
+    assert_eq!(report.in_doubt, 1);
+    assert_eq!(completed(&store, &key(1), b"a").data(), b"outcome-1");
+    assert!(matches!(
+        store.begin(&key(2), b"b").unwrap(),
+        Begin::InProgress { .. }
+    ));
+    // The claim from before the restart is still the current one.
+    store.complete(&open, b"outcome-2").unwrap();
+}
+
+#[test]
+fn tokens_never_go_back_across_restarts_removal_and_purge() {
+    let clock = clock();
+    let disk = SimDisk::new("t");
+    let mut last = 0;
+    for round in 0..5 {
+        let store = sim_store(&disk, &clock);
+        let c = claim(&store, &key(round), b"x");
+        assert!(
+            c.token() > last,
+            "round {round}: token {} after {last}",
+            c.token()
+        );
+        last = c.token();
+        match round % 3 {
+            0 => store.release(&c).unwrap(),
+            1 => assert!(store.remove(&key(round)).unwrap()),
+            _ => {
+                store.complete(&c, b"done").unwrap();
+                clock.advance(Duration::from_secs(1000));
+                assert_eq!(store.purge_expired().unwrap(), 1);
+            }
+        }
+        if round % 2 == 0 {
+            drop(store); // crash-like: no close
+            disk.power_cut(CrashMode::DropUnsynced);
+        } else {
+            store.close().unwrap();
+        }
+    }
+}
+
+#[test]
+fn second_open_of_the_same_directory_is_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert!(matches!(Store::open(dir.path()), Err(Error::Locked { .. })));
+    let disk = SimDisk::new("t");
+    let _sim = sim_store(&disk, &clock());
+    assert!(matches!(
+        options(&clock()).open_storage(disk.clone()),
+        Err(Error::Locked { .. })
+    ));
+    store.close().unwrap();
+    // Closing the only handle releases the lock.
+    let store = Store::open(dir.path()).unwrap();
+    drop(store);
+    Store::open(dir.path()).unwrap();
+}
+
+#[test]
+fn a_real_directory_survives_drop_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let key1 = key(1);
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let c = claim(&store, &key1, b"req");
+        store.complete(&c, b"kept").unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(completed(&store, &key1, b"req").data(), b"kept");
+}
+
+/// The model: for each key, the outcome acknowledged as completed.
+fn check(store: &Store, acknowledged: &BTreeMap<u64, Vec<u8>>) {
+    for (n, outcome) in acknowledged {
+        let record = store.get(&key(*n)).unwrap();
+        let got = record.and_then(|r| r.outcome()).map(|o| o.into_data());
+        assert_eq!(
+            got.as_ref(),
+            Some(outcome),
+            "key {n} lost its acknowledged outcome"
+        );
+    }
+}
+
+#[test]
+fn power_cut_after_every_operation_keeps_every_acknowledged_completion() {
+    let clock = clock();
+    for cut_after in 0..40u64 {
+        for mode in [
+            CrashMode::DropUnsynced,
+            CrashMode::KeepAll,
+            CrashMode::Random(cut_after),
+        ] {
+            let disk = SimDisk::new("t");
+            let mut acknowledged = BTreeMap::new();
+            let store = common::options(&clock)
+                .checkpoint_bytes(600) // checkpoint and roll often
+                .segment_size(4096)
+                .open_storage(disk.clone())
+                .unwrap();
+            for n in 0..cut_after {
+                let c = claim(&store, &key(n), b"req");
+                if n % 5 == 4 {
+                    store.release(&c).unwrap();
+                    continue;
+                }
+                let outcome = format!("outcome-{n}").into_bytes();
+                store.complete(&c, &outcome).unwrap();
+                acknowledged.insert(n, outcome);
+            }
+            // An operation in flight when the power goes: its claim may or may not survive.
+            let in_flight = claim(&store, &key(1000), b"req");
+            disk.power_cut(mode);
+            drop(store);
+
+            let store = sim_store(&disk, &clock);
+            check(&store, &acknowledged);
+            let mut records = 0;
+            store
+                .for_each(|r| {
+                    records += 1;
+                    let n: u64 = std::str::from_utf8(r.key().request())
+                        .unwrap()
+                        .trim_start_matches("req-")
+                        .parse()
+                        .unwrap();
+                    assert!(
+                        acknowledged.contains_key(&n) || n == 1000,
+                        "key {n} exists but was never acknowledged as completed ({mode:?})"
+                    );
+                })
+                .unwrap();
+            assert!(records >= acknowledged.len());
+            // A second open gives the same state as the first.
+            let after_first: Vec<_> = dump(&store);
+            drop(store);
+            let store = sim_store(&disk, &clock);
+            assert_eq!(dump(&store), after_first);
+            // The in-flight claim, if it survived, is in doubt and holds the key.
+            if let Some(r) = store.get(&key(1000)).unwrap() {
+                assert_eq!(r.fingerprint(), in_flight.fingerprint());
+                assert!(
+                    store
+                        .in_progress()
+                        .unwrap()
+                        .iter()
+                        .any(|r| r.key() == &key(1000))
+                );
+            }
+        }
+    }
+}
+
+fn dump(store: &Store) -> Vec<idemstore::Record> {
+    let mut out = Vec::new();
+    store.for_each(|r| out.push(r)).unwrap();
+    out
+}
+
+#[test]
+fn power_cut_during_recovery_then_reopen_gives_the_same_state() {
+    let clock = clock();
+    let disk = SimDisk::new("t");
+    let store = options(&clock)
+        .checkpoint_bytes(u64::MAX)
+        .open_storage(disk.clone())
+        .unwrap();
+    for n in 0..30 {
+        let c = claim(&store, &key(n), b"req");
+        store.complete(&c, format!("o{n}").as_bytes()).unwrap();
+    }
+    disk.power_cut(CrashMode::DropUnsynced);
+    drop(store);
+    // Recovery replays 30 records; cut the power at every step of it.
+    let mut reference = None;
+    for seed in 0..20 {
+        let image = SimDisk::new("copy");
+        for name in disk.file_names() {
+            image.write_file(&name, disk.read_file(&name).unwrap());
+        }
+        let store = sim_store(&image, &clock);
+        assert_eq!(
+            store.recovery_report().replayed,
+            60,
+            "30 claims and 30 completions"
+        );
+        image.power_cut(CrashMode::Random(seed));
+        drop(store);
+        let store = sim_store(&image, &clock);
+        let state = dump(&store);
+        assert_eq!(state.len(), 30);
+        if let Some(reference) = &reference {
+            assert_eq!(&state, reference);
+        }
+        reference = Some(state);
+    }
+}
+
+#[test]
+fn recovery_interrupted_by_failures_at_every_step_converges() {
+    let clock = clock();
+    let disk = SimDisk::new("t");
+    let store = options(&clock)
+        .checkpoint_bytes(u64::MAX)
+        .open_storage(disk.clone())
+        .unwrap();
+    for n in 0..20 {
+        let c = claim(&store, &key(n), b"req");
+        store.complete(&c, format!("o{n}").as_bytes()).unwrap();
+    }
+    disk.power_cut(CrashMode::DropUnsynced);
+    drop(store);
+    let reference = {
+        let image = copy(&disk);
+        dump(&sim_store(&image, &clock))
+    };
+    assert_eq!(reference.len(), 20);
+    for op in [Op::Write, Op::Sync, Op::SetLen, Op::SyncDir] {
+        for skip in 0..12 {
+            let image = copy(&disk);
+            image.inject(Fault {
+                op,
+                skip,
+                error: FaultError::Eio,
+                sticky: true,
+            });
+            let attempt = options(&clock).open_storage(image.clone());
+            if let Err(e) = &attempt {
+                assert!(matches!(e, Error::Io(_)), "{op:?}/{skip}: unexpected {e}");
+            }
+            drop(attempt);
+            image.power_cut(CrashMode::Random(skip));
+            image.clear_faults();
+            let store = sim_store(&image, &clock);
+            assert_eq!(dump(&store), reference, "{op:?} failing after {skip} calls");
+        }
+    }
+}
+
+fn copy(disk: &SimDisk) -> SimDisk {
+    let image = SimDisk::new("copy");
+    for name in disk.file_names() {
+        image.write_file(&name, disk.read_file(&name).unwrap());
+    }
+    image
+}

@@ -1,0 +1,117 @@
+//! Retention: expired records are invisible at once and removed by TTL compaction.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{claim, clock, key, options, sim_store};
+use idemstore::storage::SimDisk;
+use idemstore::{Begin, Durability};
+
+#[test]
+fn a_completed_record_expires_retention_after_completion() {
+    let clock = clock();
+    let store = sim_store(&SimDisk::new("t"), &clock);
+    let c = claim(&store, &key(1), b"req");
+    clock.advance(Duration::from_secs(5));
+    store.complete(&c, b"done").unwrap();
+    clock.advance(Duration::from_secs(99));
+    assert!(matches!(
+        store.begin(&key(1), b"req").unwrap(),
+        Begin::Completed(_)
+    ));
+    clock.advance(Duration::from_secs(1));
+    // Invisible at once, before any compaction: absent means claimable with attempt 1.
+    assert_eq!(store.get(&key(1)).unwrap(), None);
+    assert_eq!(store.stats().unwrap().records, 1);
+    let again = claim(&store, &key(1), b"another request");
+    assert_eq!(again.attempt(), 1);
+}
+
+#[test]
+fn purge_removes_exactly_what_expired() {
+    let clock = clock();
+    let store = sim_store(&SimDisk::new("t"), &clock);
+    for n in 0..30 {
+        let c = claim(&store, &key(n), b"req");
+        store.complete(&c, b"x").unwrap();
+        clock.advance(Duration::from_secs(1));
+    }
+    // Key n completed at t0 + n and expires at t0 + n + 100; now is t0 + 30.
+    clock.advance(Duration::from_secs(80)); // now t0 + 110: keys 0..=10 expired
+    assert_eq!(store.purge_expired().unwrap(), 11);
+    assert_eq!(store.stats().unwrap().records, 19);
+    assert_eq!(store.purge_expired().unwrap(), 0);
+    for n in 0..30 {
+        assert_eq!(store.get(&key(n)).unwrap().is_some(), n > 10, "key {n}");
+    }
+    assert_eq!(store.stats().unwrap().purged, 11);
+}
+
+#[test]
+fn purge_leaves_records_rewritten_with_a_later_expiry() {
+    let clock = clock();
+    let store = sim_store(&SimDisk::new("t"), &clock);
+    let c = claim(&store, &key(1), b"req"); // would leave at lease + retention = 110 s
+    clock.advance(Duration::from_secs(50));
+    store.complete(&c, b"x").unwrap(); // now leaves at 150 s
+    clock.advance(Duration::from_secs(70)); // 120 s
+    assert_eq!(store.purge_expired().unwrap(), 0);
+    assert!(store.get(&key(1)).unwrap().is_some());
+    clock.advance(Duration::from_secs(30)); // 150 s
+    assert_eq!(store.purge_expired().unwrap(), 1);
+}
+
+#[test]
+fn an_abandoned_claim_is_compacted_after_its_lease_plus_retention() {
+    let clock = clock();
+    let store = sim_store(&SimDisk::new("t"), &clock);
+    let _abandoned = claim(&store, &key(1), b"req");
+    clock.advance(Duration::from_secs(109));
+    assert_eq!(store.in_progress().unwrap().len(), 1);
+    assert_eq!(store.purge_expired().unwrap(), 0);
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(store.purge_expired().unwrap(), 1);
+    assert_eq!(store.stats().unwrap().in_progress, 0);
+    assert!(store.in_progress().unwrap().is_empty());
+}
+
+#[test]
+fn purge_in_many_chunks_and_purged_records_stay_gone_after_reopen() {
+    let clock = clock();
+    let disk = SimDisk::new("t");
+    let store = options(&clock)
+        .durability(Durability::None)
+        .open_storage(disk.clone())
+        .unwrap();
+    for n in 0..3000 {
+        let c = claim(&store, &key(n), b"req");
+        store.complete(&c, b"x").unwrap();
+    }
+    clock.advance(Duration::from_secs(101));
+    assert_eq!(store.purge_expired().unwrap(), 3000);
+    store.close().unwrap();
+    let store = sim_store(&disk, &clock);
+    assert_eq!(store.stats().unwrap().records, 0);
+}
+
+#[test]
+fn background_compaction_runs_on_its_interval() {
+    let clock = clock();
+    let store = options(&clock)
+        .purge_interval(Some(Duration::from_millis(20)))
+        .open_storage(SimDisk::new("t"))
+        .unwrap();
+    let c = claim(&store, &key(1), b"req");
+    store.complete(&c, b"x").unwrap();
+    clock.advance(Duration::from_secs(101));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.stats().unwrap().records > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "background purge did not run"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(store.stats().unwrap().purged, 1);
+}
