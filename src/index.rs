@@ -25,6 +25,7 @@ use redb::{
 };
 
 use crate::error::{Error, Result};
+use crate::key::hex;
 use crate::record::{Entry, le_u64};
 use crate::storage::StorageFile;
 
@@ -343,12 +344,8 @@ fn is_in_progress(entry: Option<&[u8]>) -> bool {
 /// Decodes an encoded entry, naming the index as the location on damage.
 pub(crate) fn decode_entry(key: &[u8], bytes: &[u8]) -> Result<Entry> {
     Entry::decode(key, bytes, &|| {
-        format!("{INDEX_FILE} record for key {}", hex_prefix(key))
+        format!("{INDEX_FILE} record for key {}", hex(key))
     })
-}
-
-fn hex_prefix(bytes: &[u8]) -> String {
-    bytes.iter().take(32).map(|b| format!("{b:02x}")).collect()
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

@@ -128,6 +128,11 @@ impl fmt::Display for Key {
     }
 }
 
+/// Lowercase hex of an encoded key (at most its first 64 bytes), for messages.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().take(64).map(|b| format!("{b:02x}")).collect()
+}
+
 /// A 32-byte blake3 hash of a request, stored with its claim so that a retry carrying a
 /// different request under the same key is answered with [`Begin::Mismatch`](crate::Begin).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use crate::clock::to_nanos;
 use crate::error::{Error, Result};
 use crate::index::{self, INDEX_FILE};
+use crate::key::hex;
 use crate::log::reader;
 use crate::record::Entry;
 use crate::stats::TornTail;
@@ -164,8 +165,4 @@ pub fn verify(storage: impl Storage) -> Result<VerifyReport> {
         }
     }
     Ok(report)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

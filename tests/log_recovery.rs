@@ -2,31 +2,15 @@
 
 mod common;
 
-use common::{claim, clock, completed, key, options, sim_store};
+use common::{claim, clock, completed, filled, key, last_segment, options, sim_store};
 use idemstore::Error;
 use idemstore::storage::SimDisk;
 
-/// A store whose log holds every record (no checkpoint since creation), closed by a crash.
+/// A crashed store whose log holds every record (no checkpoint since creation).
 fn log_only_store(records: u64) -> (SimDisk, String) {
-    let clock = clock();
     let disk = SimDisk::new("t");
-    let store = options(&clock)
-        .checkpoint_bytes(u64::MAX)
-        .open_storage(disk.clone())
-        .unwrap();
-    for n in 0..records {
-        let c = claim(&store, &key(n), b"req");
-        store
-            .complete(&c, format!("outcome-{n}").as_bytes())
-            .unwrap();
-    }
-    drop(store);
-    let segment = disk
-        .file_names()
-        .into_iter()
-        .filter(|n| n.ends_with(".log"))
-        .max()
-        .unwrap();
+    drop(filled(&disk, records));
+    let segment = last_segment(&disk);
     (disk, segment)
 }
 

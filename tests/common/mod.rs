@@ -45,3 +45,28 @@ pub fn completed(store: &Store, key: &Key, request: &[u8]) -> Outcome {
         other => panic!("expected a completed outcome for {key:?}, got {other:?}"),
     }
 }
+
+/// A store on `disk` that never checkpoints on its own, holding `records` completed keys
+/// (`key(n)` with request `req` and outcome `outcome-n`).
+pub fn filled(disk: &SimDisk, records: u64) -> Store {
+    let store = options(&clock())
+        .checkpoint_bytes(u64::MAX)
+        .open_storage(disk.clone())
+        .expect("open simulated store");
+    for n in 0..records {
+        let c = claim(&store, &key(n), b"req");
+        store
+            .complete(&c, format!("outcome-{n}").as_bytes())
+            .expect("complete");
+    }
+    store
+}
+
+/// The name of the newest log segment on `disk`.
+pub fn last_segment(disk: &SimDisk) -> String {
+    disk.file_names()
+        .into_iter()
+        .filter(|n| n.ends_with(".log"))
+        .max()
+        .expect("a log segment")
+}

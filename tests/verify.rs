@@ -1,0 +1,87 @@
+//! Offline verification finds damage and reports clean stores as clean.
+
+mod common;
+
+use common::{claim, clock, filled, key, last_segment, options};
+use idemstore::storage::SimDisk;
+use idemstore::{Error, verify};
+
+fn closed_store(records: u64) -> SimDisk {
+    let disk = SimDisk::new("t");
+    filled(&disk, records).close().unwrap();
+    disk
+}
+
+#[test]
+fn a_clean_store_verifies() {
+    let disk = closed_store(10);
+    let report = verify(disk).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!(report.records, 10);
+    assert_eq!(report.frames, 20);
+    assert_eq!(report.last_lsn, 20);
+    assert_eq!(report.checkpoint_lsn, 20);
+}
+
+#[test]
+fn a_flipped_log_byte_is_reported_with_its_location() {
+    let disk = closed_store(10);
+    let name = last_segment(&disk);
+    let mut log = disk.read_file(&name).unwrap();
+    log[100] ^= 0x20;
+    disk.write_file(&name, log);
+    let report = verify(disk).unwrap();
+    assert!(!report.is_clean());
+    assert!(
+        report.problems[0].location.contains(&name),
+        "{:?}",
+        report.problems
+    );
+}
+
+#[test]
+fn a_flipped_last_record_is_reported_because_the_checkpoint_covers_it() {
+    let disk = closed_store(3);
+    let name = last_segment(&disk);
+    let mut log = disk.read_file(&name).unwrap();
+    let last = log.len() - 2;
+    log[last] ^= 0x01;
+    disk.write_file(&name, log);
+    let report = verify(disk).unwrap();
+    assert!(report.torn_tail.is_some());
+    assert!(
+        !report.is_clean(),
+        "damage the checkpoint covers is a problem"
+    );
+}
+
+#[test]
+fn the_index_disagreeing_with_the_log_is_reported() {
+    let disk = closed_store(3);
+    // Replace the log with one from another history of the same keys.
+    let other = closed_store(0);
+    let store = options(&clock()).open_storage(other.clone()).unwrap();
+    for n in 0..3 {
+        let c = claim(&store, &key(n), b"other request");
+        store.complete(&c, b"other outcome").unwrap();
+    }
+    store.close().unwrap();
+    let name = last_segment(&disk);
+    disk.write_file(&name, other.read_file(&last_segment(&other)).unwrap());
+    let report = verify(disk).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.what.contains("differs from the last logged state")),
+        "{:?}",
+        report.problems
+    );
+}
+
+#[test]
+fn verify_refuses_an_open_store() {
+    let disk = SimDisk::new("t");
+    let _store = options(&clock()).open_storage(disk.clone()).unwrap();
+    assert!(matches!(verify(disk), Err(Error::Locked { .. })));
+}
