@@ -45,6 +45,8 @@
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
+// Data read from disk must never panic the library: index and unwrap only where proven.
+#![warn(clippy::unwrap_used, clippy::indexing_slicing)]
 
 mod claim;
 mod clock;
