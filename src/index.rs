@@ -48,6 +48,8 @@ const STATE_IN_PROGRESS: u8 = 1;
 /// One change to apply: the key and its new encoded entry (`None` deletes the key).
 #[derive(Debug, Clone)]
 pub(crate) struct Change {
+    /// The log record that made this change.
+    pub lsn: u64,
     pub key: Vec<u8>,
     pub entry: Option<Vec<u8>>,
 }
@@ -173,15 +175,9 @@ impl Index {
         Ok(())
     }
 
-    /// Removes up to `limit` records whose `expires_at` is at or before `now`, skipping keys
-    /// for which `skip` is true (they have a change in flight). Returns the number removed and
-    /// whether rows at or before `now` remain.
-    pub fn purge(
-        &self,
-        now: u64,
-        limit: usize,
-        skip: &dyn Fn(&[u8]) -> bool,
-    ) -> Result<(u64, bool)> {
+    /// Removes up to `limit` records whose `expires_at` is at or before `now`. Returns the
+    /// number removed and whether rows at or before `now` remain.
+    pub fn purge(&self, now: u64, limit: usize) -> Result<(u64, bool)> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::None)
             .map_err(|e| Error::Index(Box::new(e.into())))?;
@@ -195,9 +191,6 @@ impl Index {
             for row in expiry.range::<(u64, &[u8])>(..(now.saturating_add(1), &[][..]))? {
                 let (k, _) = row?;
                 let (at, key) = k.value();
-                if skip(key) {
-                    continue;
-                }
                 if due.len() == limit {
                     more = true;
                     break;

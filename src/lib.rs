@@ -50,12 +50,14 @@
 
 mod claim;
 mod clock;
+mod commit;
 mod decide;
 mod error;
 mod execute;
 mod index;
 mod key;
 mod log;
+mod maintenance;
 mod options;
 mod record;
 mod recovery;

@@ -59,21 +59,27 @@ pub(crate) fn recover(
 
     let mut max_token = 0u64;
     let mut changes: Vec<Change> = Vec::new();
-    let log = reader::read(storage.as_ref(), checkpoint.lsn, false, |_, e, location| {
-        if let Some(bytes) = e.entry {
-            max_token = max_token.max(Entry::decode(e.key, bytes, location)?.token);
-        }
-        changes.push(Change {
-            key: e.key.to_vec(),
-            entry: e.entry.map(<[u8]>::to_vec),
-        });
-        report.replayed += 1;
-        if changes.len() >= REPLAY_BATCH {
-            index.apply(&changes, None)?;
-            changes.clear();
-        }
-        Ok(())
-    })?;
+    let log = reader::read(
+        storage.as_ref(),
+        checkpoint.lsn,
+        false,
+        |lsn, e, location| {
+            if let Some(bytes) = e.entry {
+                max_token = max_token.max(Entry::decode(e.key, bytes, location)?.token);
+            }
+            changes.push(Change {
+                lsn,
+                key: e.key.to_vec(),
+                entry: e.entry.map(<[u8]>::to_vec),
+            });
+            report.replayed += 1;
+            if changes.len() >= REPLAY_BATCH {
+                index.apply(&changes, None)?;
+                changes.clear();
+            }
+            Ok(())
+        },
+    )?;
     if !changes.is_empty() {
         index.apply(&changes, None)?;
     }

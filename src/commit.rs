@@ -1,0 +1,478 @@
+//! The commit pipeline shared by every clone of a [`Store`](crate::Store): decisions under one
+//! lock, group commit to the log, an acknowledged layer in memory, and batched application to
+//! the index.
+//!
+//! # Write path
+//!
+//! 1. Under the `core` lock, read the key's current state ([`Shared::current`]: a change in
+//!    flight, else an acknowledged change not yet in the index, else the index), decide with
+//!    [`crate::decide`], assign the LSN (and a fencing token for a claim), append the frame to
+//!    the shared batch and record the change as in flight.
+//! 2. Wait until the LSN is acknowledged. The first waiter with no leader running becomes the
+//!    leader: it takes the whole batch, writes it with one write(2), syncs once
+//!    (`Durability::Immediate`), publishes the batch in the *acknowledged* layer (`recent`,
+//!    which `get` reads before the index), queues it for the index, and only then marks it
+//!    acknowledged and wakes every waiter. Callers that arrived meanwhile form the next batch.
+//! 3. Acknowledged changes reach the redb index in large non-durable commits
+//!    ([`Shared::apply_pending`]) once enough are queued, and before any scan, checkpoint or
+//!    compaction; then they leave `recent`. The index is never on a caller's commit path.
+//! 4. A failed write or sync fails the batch's callers and poisons the handle: every later
+//!    write gets `Error::PreviousIo` until the store is reopened and recovers from disk.
+//!
+//! Answers that write nothing (replay, in progress, mismatch, lost) still wait for the change
+//! they were decided on if it is in flight, so nothing not yet durable is ever reported.
+//!
+//! Lock order: `core` → `recent`; `apply` → `io`; `apply` → `core`. The leader holds no lock
+//! while it writes except `io`.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::mem;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
+
+use crate::clock::to_nanos;
+use crate::decide::Policy;
+use crate::error::{Error, Result};
+use crate::index::{Change, Checkpoint, Index, decode_entry};
+use crate::log::writer::Writer;
+use crate::log::{entry, frame};
+use crate::maintenance::Background;
+use crate::options::{Durability, Options};
+use crate::record::Entry;
+use crate::stats::RecoveryReport;
+use crate::storage::Storage;
+
+/// Acknowledged changes are applied to the index once this many are queued.
+const APPLY_BATCH: usize = 4096;
+
+/// Expired records removed per index commit by TTL compaction.
+const PURGE_CHUNK: usize = 1024;
+
+pub(crate) struct Shared {
+    pub options: Options,
+    pub policy: Policy,
+    pub core: Mutex<Core>,
+    acknowledged: Condvar,
+    /// Acknowledged changes not yet applied to the index: key → (LSN, encoded entry).
+    recent: RwLock<HashMap<Vec<u8>, Acknowledged>>,
+    /// `recent.len()`, readable without the lock (0 lets readers skip it).
+    recent_len: AtomicUsize,
+    /// Acknowledged changes waiting for the index, in LSN order.
+    unapplied: Mutex<Vec<Change>>,
+    /// Held while changes are applied to the index; holds the last applied LSN.
+    apply: Mutex<u64>,
+    pub io: Mutex<Io>,
+    pub index: Index,
+    pub storage: Arc<dyn Storage>,
+    pub closed: AtomicBool,
+    pub report: RecoveryReport,
+    pub counters: Counters,
+    /// The highest LSN known durable in the log; written into each frame.
+    synced_lsn: AtomicU64,
+    pub background: Mutex<Option<Background>>,
+    /// Released last, after the index is dropped.
+    _lock: Box<dyn Any + Send + Sync>,
+}
+
+/// An acknowledged change not yet in the index: its LSN and encoded entry (`None`: deleted).
+type Acknowledged = (u64, Option<Vec<u8>>);
+
+/// Decision state and the batch being formed.
+pub(crate) struct Core {
+    /// Changes written to the batch or the log but not yet acknowledged, by key.
+    in_flight: HashMap<Vec<u8>, InFlight>,
+    frames: Vec<u8>,
+    changes: Vec<Change>,
+    pub next_lsn: u64,
+    pub next_token: u64,
+    pub acknowledged_lsn: u64,
+    leader: bool,
+    failure: Option<String>,
+}
+
+struct InFlight {
+    lsn: u64,
+    entry: Option<Entry>,
+}
+
+/// The log writer and checkpoint bookkeeping.
+pub(crate) struct Io {
+    pub writer: Writer,
+    written_lsn: u64,
+    pub checkpoint_lsn: u64,
+    bytes_since_checkpoint: u64,
+    pub last_checkpoint: Instant,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub appended: AtomicU64,
+    pub batches: AtomicU64,
+    pub syncs: AtomicU64,
+    pub checkpoints: AtomicU64,
+    pub purged: AtomicU64,
+}
+
+/// A recovered store's parts, to build a [`Shared`] from.
+pub(crate) struct Parts {
+    pub options: Options,
+    pub storage: Arc<dyn Storage>,
+    pub lock: Box<dyn Any + Send + Sync>,
+    pub index: Index,
+    pub writer: Writer,
+    pub next_lsn: u64,
+    pub next_token: u64,
+    pub checkpoint_lsn: u64,
+    pub report: RecoveryReport,
+}
+
+impl Shared {
+    pub fn new(parts: Parts) -> Shared {
+        let last_lsn = parts.next_lsn - 1;
+        Shared {
+            policy: Policy {
+                lease: crate::clock::duration_nanos(parts.options.lease),
+                retention: crate::clock::duration_nanos(parts.options.retention),
+            },
+            core: Mutex::new(Core {
+                in_flight: HashMap::new(),
+                frames: Vec::new(),
+                changes: Vec::new(),
+                next_lsn: parts.next_lsn,
+                next_token: parts.next_token,
+                acknowledged_lsn: last_lsn,
+                leader: false,
+                failure: None,
+            }),
+            acknowledged: Condvar::new(),
+            recent: RwLock::new(HashMap::new()),
+            recent_len: AtomicUsize::new(0),
+            unapplied: Mutex::new(Vec::new()),
+            apply: Mutex::new(last_lsn),
+            io: Mutex::new(Io {
+                writer: parts.writer,
+                written_lsn: last_lsn,
+                checkpoint_lsn: parts.checkpoint_lsn,
+                bytes_since_checkpoint: 0,
+                last_checkpoint: Instant::now(),
+            }),
+            index: parts.index,
+            storage: parts.storage,
+            closed: AtomicBool::new(false),
+            report: parts.report,
+            counters: Counters::default(),
+            // Recovery synced what it kept; a frame never claims more than the log's end.
+            synced_lsn: AtomicU64::new(last_lsn),
+            background: Mutex::new(None),
+            options: parts.options,
+            _lock: parts.lock,
+        }
+    }
+
+    pub fn now(&self) -> u64 {
+        to_nanos(self.options.clock.now())
+    }
+
+    pub fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// The key's acknowledged entry: from `recent`, else from the index. `recent` is read
+    /// first: an entry leaves it only after the index snapshot holding it is published.
+    pub fn acknowledged(&self, key: &[u8]) -> Result<Option<Entry>> {
+        if self.recent_len.load(Ordering::Acquire) > 0
+            && let Some((_, entry)) = self.recent.read().get(key)
+        {
+            return entry.as_deref().map(|e| decode_entry(key, e)).transpose();
+        }
+        self.index
+            .with_entry(key, |found| found.map(|v| decode_entry(key, v)))?
+            .transpose()
+    }
+
+    /// The key's current entry and the LSN it depends on (0 if it is acknowledged).
+    pub fn current(&self, core: &Core, key: &[u8]) -> Result<(Option<Entry>, u64)> {
+        if let Some(flight) = core.in_flight.get(key) {
+            return Ok((flight.entry.clone(), flight.lsn));
+        }
+        Ok((self.acknowledged(key)?, 0))
+    }
+
+    /// Adds a change to the batch and waits until it is acknowledged.
+    pub fn write(
+        &self,
+        mut core: MutexGuard<'_, Core>,
+        key: &[u8],
+        entry: Option<Entry>,
+        takes_token: bool,
+    ) -> Result<()> {
+        if let Some(cause) = &core.failure {
+            return Err(Error::PreviousIo {
+                cause: cause.clone(),
+            });
+        }
+        let lsn = core.next_lsn;
+        core.next_lsn += 1;
+        if takes_token {
+            core.next_token += 1;
+        }
+        let encoded = entry.as_ref().map(|e| e.encode(key));
+        let mut payload = Vec::with_capacity(3 + key.len() + encoded.as_ref().map_or(0, Vec::len));
+        entry::encode(&mut payload, key, encoded.as_deref());
+        let synced = self.synced_lsn.load(Ordering::Acquire);
+        frame::encode(&mut core.frames, lsn, synced, &payload);
+        core.changes.push(Change {
+            lsn,
+            key: key.to_vec(),
+            entry: encoded,
+        });
+        core.in_flight.insert(key.to_vec(), InFlight { lsn, entry });
+        self.wait_acknowledged(core, lsn)
+    }
+
+    /// Waits until `lsn` is acknowledged, leading a group commit when no one else is.
+    pub fn wait_acknowledged(&self, mut core: MutexGuard<'_, Core>, lsn: u64) -> Result<()> {
+        loop {
+            if core.acknowledged_lsn >= lsn {
+                return Ok(());
+            }
+            if let Some(cause) = &core.failure {
+                return Err(Error::PreviousIo {
+                    cause: cause.clone(),
+                });
+            }
+            if core.leader {
+                self.acknowledged.wait(&mut core);
+                continue;
+            }
+            core.leader = true;
+            let frames = mem::take(&mut core.frames);
+            let changes = mem::take(&mut core.changes);
+            let last = core.next_lsn - 1;
+            let result = MutexGuard::unlocked(&mut core, || self.commit_batch(&frames, changes));
+            core.leader = false;
+            let follow_up = match &result {
+                Ok(follow_up) => {
+                    core.acknowledged_lsn = last;
+                    core.in_flight.retain(|_, f| f.lsn > last);
+                    if core.frames.is_empty() {
+                        // Reuse the batch buffer's allocation.
+                        let mut frames = frames;
+                        frames.clear();
+                        core.frames = frames;
+                    }
+                    *follow_up
+                }
+                Err(e) => {
+                    core.failure = Some(e.to_string());
+                    FollowUp::Nothing
+                }
+            };
+            self.acknowledged.notify_all();
+            result?;
+            if follow_up != FollowUp::Nothing && core.acknowledged_lsn >= lsn {
+                // Off the commit path: waiters are already woken.
+                drop(core);
+                let done = match follow_up {
+                    FollowUp::Checkpoint => self.checkpoint(),
+                    _ => self.apply_pending(Apply::IfIdle),
+                };
+                // A failure has poisoned the handle; this caller's write is acknowledged.
+                let _ = done;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Writes and syncs one batch, then publishes it as acknowledged. Runs with the `io` lock
+    /// only. Says what should follow once the waiters are woken.
+    fn commit_batch(&self, frames: &[u8], changes: Vec<Change>) -> Result<FollowUp> {
+        let Some(first) = changes.first().map(|c| c.lsn) else {
+            return Ok(FollowUp::Nothing);
+        };
+        let last = changes.last().map_or(first, |c| c.lsn);
+        let mut io = self.io.lock();
+        io.writer.roll_if_full(first)?;
+        io.writer.append(frames)?;
+        io.written_lsn = last;
+        io.bytes_since_checkpoint += frames.len() as u64;
+        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .appended
+            .fetch_add(changes.len() as u64, Ordering::Relaxed);
+        if self.options.durability == Durability::Immediate {
+            io.writer.sync()?;
+            self.counters.syncs.fetch_add(1, Ordering::Relaxed);
+            self.synced_lsn.store(last, Ordering::Release);
+        }
+        let checkpoint_due = io.bytes_since_checkpoint >= self.options.checkpoint_bytes;
+        drop(io);
+
+        {
+            let mut recent = self.recent.write();
+            for change in &changes {
+                recent.insert(change.key.clone(), (change.lsn, change.entry.clone()));
+            }
+            self.recent_len.store(recent.len(), Ordering::Release);
+        }
+        let mut unapplied = self.unapplied.lock();
+        unapplied.extend(changes);
+        Ok(if checkpoint_due {
+            FollowUp::Checkpoint
+        } else if unapplied.len() >= APPLY_BATCH {
+            FollowUp::Apply
+        } else {
+            FollowUp::Nothing
+        })
+    }
+
+    /// Applies every queued acknowledged change to the index in one commit (durable, and
+    /// recording the LSN, for [`Apply::Checkpoint`]), publishes the new snapshot, and drops the
+    /// applied changes from `recent`.
+    pub fn apply_pending(&self, mode: Apply) -> Result<()> {
+        let mut applied = match mode {
+            Apply::IfIdle => match self.apply.try_lock() {
+                Some(guard) => guard,
+                None => return Ok(()),
+            },
+            Apply::Wait | Apply::Checkpoint => self.apply.lock(),
+        };
+        let changes = mem::take(&mut *self.unapplied.lock());
+        let last = changes.last().map_or(*applied, |c| c.lsn);
+        let mark = (mode == Apply::Checkpoint).then(|| Checkpoint {
+            lsn: last,
+            // Every token in `changes` was handed out before this read.
+            next_token: self.core.lock().next_token,
+        });
+        if changes.is_empty() && mark.is_none() {
+            return Ok(());
+        }
+        if let Err(e) = self.index.apply(&changes, mark) {
+            self.fail(&e);
+            return Err(e);
+        }
+        *applied = last;
+        let mut recent = self.recent.write();
+        recent.retain(|_, (lsn, _)| *lsn > last);
+        self.recent_len.store(recent.len(), Ordering::Release);
+        Ok(())
+    }
+
+    fn fail(&self, err: &Error) {
+        let mut core = self.core.lock();
+        if core.failure.is_none() {
+            core.failure = Some(err.to_string());
+        }
+    }
+
+    pub fn poisoned(&self) -> Result<()> {
+        match &self.core.lock().failure {
+            Some(cause) => Err(Error::PreviousIo {
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    pub fn sync_log(&self) -> Result<()> {
+        self.poisoned()?;
+        let io = self.io.lock();
+        if let Err(e) = io.writer.sync() {
+            let e = Error::Io(e);
+            self.fail(&e);
+            return Err(e);
+        }
+        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
+        self.synced_lsn.store(io.written_lsn, Ordering::Release);
+        Ok(())
+    }
+
+    /// A durable index commit of everything acknowledged, recording its LSN, then removal of
+    /// the log segments behind it.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.poisoned()?;
+        self.apply_pending(Apply::Checkpoint)?;
+        let lsn = *self.apply.lock();
+        let mut io = self.io.lock();
+        io.checkpoint_lsn = lsn;
+        io.bytes_since_checkpoint = 0;
+        io.last_checkpoint = Instant::now();
+        self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = io.writer.remove_behind(lsn) {
+            let e = Error::Io(e);
+            self.fail(&e);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Whether anything was acknowledged since the last checkpoint.
+    pub fn checkpoint_pending(&self) -> bool {
+        let io = self.io.lock();
+        io.written_lsn > io.checkpoint_lsn
+    }
+
+    /// Removes every record past its `expires_at`, in chunks, without blocking writers: a
+    /// record still in `recent` or in flight holds its key's newer state, which the index
+    /// receives after the removal.
+    pub fn purge_expired(&self) -> Result<u64> {
+        self.poisoned()?;
+        self.apply_pending(Apply::Wait)?;
+        let mut total = 0;
+        loop {
+            let applying = self.apply.lock();
+            let now = self.now();
+            let (removed, more) = match self.index.purge(now, PURGE_CHUNK) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.fail(&e);
+                    return Err(e);
+                }
+            };
+            drop(applying);
+            total += removed;
+            if !more {
+                break;
+            }
+        }
+        self.counters.purged.fetch_add(total, Ordering::Relaxed);
+        Ok(total)
+    }
+}
+
+/// How [`Shared::apply_pending`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Apply {
+    /// Only if no other thread is applying (a leader's follow-up).
+    IfIdle,
+    /// Wait for a running apply, then apply the rest (before scans of the index).
+    Wait,
+    /// As `Wait`, in a durable commit that records the checkpoint.
+    Checkpoint,
+}
+
+/// What a leader does after waking its batch's waiters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FollowUp {
+    Nothing,
+    Apply,
+    Checkpoint,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.stop_background();
+        if !self.closed.load(Ordering::Relaxed) && self.poisoned().is_ok() {
+            // Best effort: a failure here only means the next open replays more log.
+            let _ = self.checkpoint();
+        }
+    }
+}
