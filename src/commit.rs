@@ -29,6 +29,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::mem;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::thread;
 use std::time::Instant;
 
 use std::sync::Arc;
@@ -49,6 +50,9 @@ use crate::storage::Storage;
 
 /// Acknowledged changes are applied to the index once this many are queued.
 const APPLY_BATCH: usize = 4096;
+
+/// How many times a new leader yields while its batch is still growing.
+const GATHER_ROUNDS: usize = 8;
 
 /// Expired records removed per index commit by TTL compaction.
 const PURGE_CHUNK: usize = 1024;
@@ -254,6 +258,15 @@ impl Shared {
                 continue;
             }
             core.leader = true;
+            // Callers just woken by the previous batch are about to enqueue: let them, so that
+            // one sync serves them all instead of this caller alone.
+            for _ in 0..GATHER_ROUNDS {
+                let before = core.changes.len();
+                MutexGuard::unlocked(&mut core, thread::yield_now);
+                if core.changes.len() == before {
+                    break;
+                }
+            }
             let frames = mem::take(&mut core.frames);
             let changes = mem::take(&mut core.changes);
             let last = core.next_lsn - 1;
