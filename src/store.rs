@@ -68,7 +68,8 @@ impl Store {
     /// form instead).
     ///
     /// Atomic: of any number of concurrent callers for one key, exactly one is `Claimed`. A
-    /// claim is durable (in the configured [`Durability`]) before it is returned.
+    /// claim is durable (in the configured [`Durability`](crate::Durability)) before it is
+    /// returned.
     pub fn begin(&self, key: &Key, request: &[u8]) -> Result<Begin> {
         self.begin_with(key, Fingerprint::of(request))
     }
