@@ -77,15 +77,11 @@ impl Index {
     /// Opens (or creates) the index in `file`. A damaged file is `Error::Corruption`, also
     /// where redb itself would panic on it.
     pub fn open(file: Arc<dyn StorageFile>, cache_size: usize) -> Result<Index> {
-        let opened = catch_unwind(AssertUnwindSafe(|| -> Result<Database> {
+        let db = guarded(|| {
             let mut builder = Database::builder();
             builder.set_cache_size(cache_size);
             Ok(builder.create_with_backend(Backend(file))?)
-        }));
-        let db = match opened {
-            Ok(db) => db?,
-            Err(panic) => return Err(Error::corruption(panic_message(&panic), INDEX_FILE)),
-        };
+        })?;
         let txn = db.begin_write()?;
         {
             txn.open_table(RECORDS)?;
@@ -100,20 +96,25 @@ impl Index {
 
     /// The last checkpoint, or zeros for a new index.
     pub fn checkpoint(&self) -> Result<Checkpoint> {
-        let txn = self.db.begin_read()?;
-        let meta = txn.open_table(META)?;
-        let read = |name| -> Result<u64> { Ok(meta.get(name)?.map(|v| v.value()).unwrap_or(0)) };
-        Ok(Checkpoint {
-            lsn: read(META_CHECKPOINT_LSN)?,
-            next_token: read(META_NEXT_TOKEN)?,
+        guarded(|| {
+            let txn = self.db.begin_read()?;
+            let meta = txn.open_table(META)?;
+            let read =
+                |name| -> Result<u64> { Ok(meta.get(name)?.map(|v| v.value()).unwrap_or(0)) };
+            Ok(Checkpoint {
+                lsn: read(META_CHECKPOINT_LSN)?,
+                next_token: read(META_NEXT_TOKEN)?,
+            })
         })
     }
 
     /// Calls `f` with the encoded entry of `key`, without copying it.
     pub fn with_entry<T>(&self, key: &[u8], f: impl FnOnce(Option<&[u8]>) -> T) -> Result<T> {
-        let table = self.snapshot.read().clone();
-        let guard = table.get(key)?;
-        Ok(f(guard.as_ref().map(|v| v.value())))
+        guarded(|| {
+            let table = self.snapshot.read().clone();
+            let guard = table.get(key)?;
+            Ok(f(guard.as_ref().map(|v| v.value())))
+        })
     }
 
     /// Applies `changes` in one commit: for each key, its last change in the slice, in key
@@ -121,60 +122,62 @@ impl Index {
     /// once). With `checkpoint`, the commit is durable and records it; otherwise it is a
     /// non-durable commit that a crash may undo.
     pub fn apply(&self, changes: &[Change], checkpoint: Option<Checkpoint>) -> Result<()> {
-        let mut txn = self.db.begin_write()?;
-        let durability = match checkpoint {
-            Some(_) => {
-                txn.set_quick_repair(true);
-                Durability::Immediate
-            }
-            None => Durability::None,
-        };
-        txn.set_durability(durability)
-            .map_err(|e| Error::Index(Box::new(e.into())))?;
-        {
-            let mut records = txn.open_table(RECORDS)?;
-            let mut expiry = txn.open_table(EXPIRY)?;
-            let mut in_progress = txn.open_table(IN_PROGRESS)?;
-            let mut last: HashMap<&[u8], &Change> = HashMap::with_capacity(changes.len());
-            for change in changes {
-                last.insert(&change.key, change);
-            }
-            let mut ordered: Vec<&Change> = last.into_values().collect();
-            ordered.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-            for change in ordered {
-                let key = change.key.as_slice();
-                let old = match &change.entry {
-                    Some(entry) => records.insert(key, entry.as_slice())?,
-                    None => records.remove(key)?,
-                };
-                let old = old.map(|v| v.value().to_vec());
-                if let Some(old) = &old {
-                    expiry.remove((le_u64(old, ENTRY_EXPIRES_AT), key))?;
+        guarded(|| {
+            let mut txn = self.db.begin_write()?;
+            let durability = match checkpoint {
+                Some(_) => {
+                    txn.set_quick_repair(true);
+                    Durability::Immediate
                 }
-                match &change.entry {
-                    Some(entry) => {
-                        expiry.insert((le_u64(entry, ENTRY_EXPIRES_AT), key), ())?;
-                        if entry.get(ENTRY_STATE) == Some(&STATE_IN_PROGRESS) {
-                            in_progress.insert(key, ())?;
-                        } else if is_in_progress(old.as_deref()) {
-                            in_progress.remove(key)?;
+                None => Durability::None,
+            };
+            txn.set_durability(durability)
+                .map_err(|e| Error::Index(Box::new(e.into())))?;
+            {
+                let mut records = txn.open_table(RECORDS)?;
+                let mut expiry = txn.open_table(EXPIRY)?;
+                let mut in_progress = txn.open_table(IN_PROGRESS)?;
+                let mut last: HashMap<&[u8], &Change> = HashMap::with_capacity(changes.len());
+                for change in changes {
+                    last.insert(&change.key, change);
+                }
+                let mut ordered: Vec<&Change> = last.into_values().collect();
+                ordered.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+                for change in ordered {
+                    let key = change.key.as_slice();
+                    let old = match &change.entry {
+                        Some(entry) => records.insert(key, entry.as_slice())?,
+                        None => records.remove(key)?,
+                    };
+                    let old = old.map(|v| v.value().to_vec());
+                    if let Some(old) = &old {
+                        expiry.remove((le_u64(old, ENTRY_EXPIRES_AT), key))?;
+                    }
+                    match &change.entry {
+                        Some(entry) => {
+                            expiry.insert((le_u64(entry, ENTRY_EXPIRES_AT), key), ())?;
+                            if entry.get(ENTRY_STATE) == Some(&STATE_IN_PROGRESS) {
+                                in_progress.insert(key, ())?;
+                            } else if is_in_progress(old.as_deref()) {
+                                in_progress.remove(key)?;
+                            }
+                        }
+                        None => {
+                            if is_in_progress(old.as_deref()) {
+                                in_progress.remove(key)?;
+                            }
                         }
                     }
-                    None => {
-                        if is_in_progress(old.as_deref()) {
-                            in_progress.remove(key)?;
-                        }
-                    }
+                }
+                if let Some(cp) = checkpoint {
+                    let mut meta = txn.open_table(META)?;
+                    meta.insert(META_CHECKPOINT_LSN, cp.lsn)?;
+                    meta.insert(META_NEXT_TOKEN, cp.next_token)?;
                 }
             }
-            if let Some(cp) = checkpoint {
-                let mut meta = txn.open_table(META)?;
-                meta.insert(META_CHECKPOINT_LSN, cp.lsn)?;
-                meta.insert(META_NEXT_TOKEN, cp.next_token)?;
-            }
-        }
-        txn.commit()?;
-        self.refresh()
+            txn.commit()?;
+            self.refresh()
+        })
     }
 
     /// Makes readers see the latest commit.
@@ -187,77 +190,85 @@ impl Index {
     /// Removes up to `limit` records whose `expires_at` is at or before `now`. Returns the
     /// number removed and whether rows at or before `now` remain.
     pub fn purge(&self, now: u64, limit: usize) -> Result<(u64, bool)> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::None)
-            .map_err(|e| Error::Index(Box::new(e.into())))?;
-        let mut removed = 0u64;
-        let mut more = false;
-        {
-            let mut records = txn.open_table(RECORDS)?;
-            let mut expiry = txn.open_table(EXPIRY)?;
-            let mut in_progress = txn.open_table(IN_PROGRESS)?;
-            let mut due: Vec<(u64, Vec<u8>)> = Vec::new();
-            for row in expiry.range::<(u64, &[u8])>(..(now.saturating_add(1), &[][..]))? {
-                let (k, _) = row?;
-                let (at, key) = k.value();
-                if due.len() == limit {
-                    more = true;
-                    break;
-                }
-                due.push((at, key.to_vec()));
-            }
-            for (at, key) in due {
-                expiry.remove((at, key.as_slice()))?;
-                let current = records.get(key.as_slice())?.map(|v| v.value().to_vec());
-                // A row whose record has another expiry is stale: the record moved on.
-                if let Some(current) = current
-                    && le_u64(&current, ENTRY_EXPIRES_AT) == at
-                {
-                    records.remove(key.as_slice())?;
-                    if is_in_progress(Some(&current)) {
-                        in_progress.remove(key.as_slice())?;
+        guarded(|| {
+            let mut txn = self.db.begin_write()?;
+            txn.set_durability(Durability::None)
+                .map_err(|e| Error::Index(Box::new(e.into())))?;
+            let mut removed = 0u64;
+            let mut more = false;
+            {
+                let mut records = txn.open_table(RECORDS)?;
+                let mut expiry = txn.open_table(EXPIRY)?;
+                let mut in_progress = txn.open_table(IN_PROGRESS)?;
+                let mut due: Vec<(u64, Vec<u8>)> = Vec::new();
+                for row in expiry.range::<(u64, &[u8])>(..(now.saturating_add(1), &[][..]))? {
+                    let (k, _) = row?;
+                    let (at, key) = k.value();
+                    if due.len() == limit {
+                        more = true;
+                        break;
                     }
-                    removed += 1;
+                    due.push((at, key.to_vec()));
+                }
+                for (at, key) in due {
+                    expiry.remove((at, key.as_slice()))?;
+                    let current = records.get(key.as_slice())?.map(|v| v.value().to_vec());
+                    // A row whose record has another expiry is stale: the record moved on.
+                    if let Some(current) = current
+                        && le_u64(&current, ENTRY_EXPIRES_AT) == at
+                    {
+                        records.remove(key.as_slice())?;
+                        if is_in_progress(Some(&current)) {
+                            in_progress.remove(key.as_slice())?;
+                        }
+                        removed += 1;
+                    }
                 }
             }
-        }
-        txn.commit()?;
-        self.refresh()?;
-        Ok((removed, more))
+            txn.commit()?;
+            self.refresh()?;
+            Ok((removed, more))
+        })
     }
 
     /// The keys with a claim in progress, with their encoded entries.
     pub fn in_progress(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let txn = self.db.begin_read()?;
-        let keys = txn.open_table(IN_PROGRESS)?;
-        let records = txn.open_table(RECORDS)?;
-        let mut out = Vec::new();
-        for row in keys.iter()? {
-            let (key, _) = row?;
-            if let Some(entry) = records.get(key.value())? {
-                out.push((key.value().to_vec(), entry.value().to_vec()));
+        guarded(|| {
+            let txn = self.db.begin_read()?;
+            let keys = txn.open_table(IN_PROGRESS)?;
+            let records = txn.open_table(RECORDS)?;
+            let mut out = Vec::new();
+            for row in keys.iter()? {
+                let (key, _) = row?;
+                if let Some(entry) = records.get(key.value())? {
+                    out.push((key.value().to_vec(), entry.value().to_vec()));
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Calls `f` with every record in key order, stopping at its first error.
     pub fn for_each(&self, mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
-        let table = self.snapshot.read().clone();
-        for row in table.iter()? {
-            let (key, entry) = row?;
-            f(key.value(), entry.value())?;
-        }
-        Ok(())
+        guarded(|| {
+            let table = self.snapshot.read().clone();
+            for row in table.iter()? {
+                let (key, entry) = row?;
+                f(key.value(), entry.value())?;
+            }
+            Ok(())
+        })
     }
 
     /// How many records and in-progress claims the index holds.
     pub fn counts(&self) -> Result<(u64, u64)> {
-        let txn = self.db.begin_read()?;
-        Ok((
-            txn.open_table(RECORDS)?.len()?,
-            txn.open_table(IN_PROGRESS)?.len()?,
-        ))
+        guarded(|| {
+            let txn = self.db.begin_read()?;
+            Ok((
+                txn.open_table(RECORDS)?.len()?,
+                txn.open_table(IN_PROGRESS)?.len()?,
+            ))
+        })
     }
 }
 
@@ -348,6 +359,13 @@ pub(crate) fn decode_entry(key: &[u8], bytes: &[u8]) -> Result<Entry> {
     Entry::decode(key, bytes, &|| {
         format!("{INDEX_FILE} record for key {}", hex(key))
     })
+}
+
+/// Runs an index operation, turning a redb panic (which damaged pages can cause) into
+/// `Error::Corruption`: data read from disk never panics the caller.
+fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|panic| Err(Error::corruption(panic_message(&panic), INDEX_FILE)))
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
