@@ -63,8 +63,9 @@ pub(crate) struct Checkpoint {
 }
 
 pub(crate) struct Index {
-    db: Database,
+    // Declared first so that it drops before the database it reads.
     snapshot: RwLock<Arc<ReadOnlyTable<&'static [u8], &'static [u8]>>>,
+    db: Guarded<Database>,
 }
 
 impl fmt::Debug for Index {
@@ -75,23 +76,28 @@ impl fmt::Debug for Index {
 
 impl Index {
     /// Opens (or creates) the index in `file`. A damaged file is `Error::Corruption`, also
-    /// where redb itself would panic on it.
+    /// where redb itself would panic on it, or on closing it.
     pub fn open(file: Arc<dyn StorageFile>, cache_size: usize) -> Result<Index> {
-        let db = guarded(|| {
+        let mut db = Guarded(None);
+        let snapshot = guarded(|| {
             let mut builder = Database::builder();
             builder.set_cache_size(cache_size);
-            Ok(builder.create_with_backend(Backend(file))?)
-        })?;
-        let txn = db.begin_write()?;
-        {
-            txn.open_table(RECORDS)?;
-            txn.open_table(EXPIRY)?;
-            txn.open_table(IN_PROGRESS)?;
-            txn.open_table(META)?;
-        }
-        txn.commit()?;
-        let snapshot = RwLock::new(Arc::new(db.begin_read()?.open_table(RECORDS)?));
-        Ok(Index { db, snapshot })
+            let db = db.0.insert(builder.create_with_backend(Backend(file))?);
+            let txn = db.begin_write()?;
+            {
+                txn.open_table(RECORDS)?;
+                txn.open_table(EXPIRY)?;
+                txn.open_table(IN_PROGRESS)?;
+                txn.open_table(META)?;
+            }
+            txn.commit()?;
+            Ok(db.begin_read()?.open_table(RECORDS)?)
+        })
+        .map_err(damaged_on_open)?;
+        Ok(Index {
+            snapshot: RwLock::new(Arc::new(snapshot)),
+            db,
+        })
     }
 
     /// The last checkpoint, or zeros for a new index.
@@ -288,33 +294,41 @@ pub(crate) struct IndexCheck {
 /// and encoded entry. Writes nothing.
 pub(crate) fn check_read_only(
     file: Arc<dyn StorageFile>,
-    mut each: impl FnMut(&[u8], &[u8]),
+    each: impl FnMut(&[u8], &[u8]),
 ) -> Result<IndexCheck> {
-    let opened = catch_unwind(AssertUnwindSafe(|| {
-        Database::builder().open_read_only_with_backend(Backend(file))
-    }));
-    let db = match opened {
-        Ok(Ok(db)) => db,
+    let mut db = Guarded(None);
+    match guarded(|| Ok(Database::builder().open_read_only_with_backend(Backend(file)))) {
+        Ok(Ok(opened)) => db.0 = Some(opened),
         Ok(Err(redb::DatabaseError::RepairAborted)) => {
             return Ok(IndexCheck {
                 needs_recovery: true,
                 ..IndexCheck::default()
             });
         }
-        Ok(Err(e)) => return Err(e.into()),
-        Err(panic) => return Err(Error::corruption(panic_message(&panic), INDEX_FILE)),
-    };
+        Ok(Err(e)) => return Err(damaged_on_open(e.into())),
+        Err(e) => return Err(e),
+    }
+    guarded(|| check_tables(&db, each))
+}
+
+fn check_tables(
+    db: &redb::ReadOnlyDatabase,
+    mut each: impl FnMut(&[u8], &[u8]),
+) -> Result<IndexCheck> {
     let txn = db.begin_read()?;
     let mut check = IndexCheck::default();
-    let meta = txn.open_table(META)?;
+    let meta = txn
+        .open_table(META)
+        .map_err(|e| damaged_on_open(e.into()))?;
     let read = |name| -> Result<u64> { Ok(meta.get(name)?.map(|v| v.value()).unwrap_or(0)) };
     check.checkpoint = Some(Checkpoint {
         lsn: read(META_CHECKPOINT_LSN)?,
         next_token: read(META_NEXT_TOKEN)?,
     });
-    let records = txn.open_table(RECORDS)?;
-    let expiry = txn.open_table(EXPIRY)?;
-    let in_progress = txn.open_table(IN_PROGRESS)?;
+    let table = |e: redb::TableError| damaged_on_open(e.into());
+    let records = txn.open_table(RECORDS).map_err(table)?;
+    let expiry = txn.open_table(EXPIRY).map_err(table)?;
+    let in_progress = txn.open_table(IN_PROGRESS).map_err(table)?;
     for row in records.iter()? {
         let (key, value) = row?;
         let (key, value) = (key.value(), value.value());
@@ -366,6 +380,48 @@ pub(crate) fn decode_entry(key: &[u8], bytes: &[u8]) -> Result<Entry> {
 fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     catch_unwind(AssertUnwindSafe(f))
         .unwrap_or_else(|panic| Err(Error::corruption(panic_message(&panic), INDEX_FILE)))
+}
+
+/// Names the errors that mean an index file is not what this store wrote (not a redb file,
+/// or tables missing or of another type) as `Error::Corruption`.
+fn damaged_on_open(e: Error) -> Error {
+    let what = match &e {
+        Error::Io(io) if io.kind() == io::ErrorKind::InvalidData => io.to_string(),
+        Error::Index(redb) => match redb.as_ref() {
+            redb::Error::TableDoesNotExist(_)
+            | redb::Error::TableTypeMismatch { .. }
+            | redb::Error::TypeDefinitionChanged { .. }
+            | redb::Error::TableIsMultimap(_)
+            | redb::Error::TableIsNotMultimap(_) => redb.to_string(),
+            _ => return e,
+        },
+        _ => return e,
+    };
+    Error::corruption(format!("index file is damaged ({what})"), INDEX_FILE)
+}
+
+/// A redb database whose drop (which may write, and may panic on a damaged file) runs
+/// inside [`guarded`].
+struct Guarded<D>(Option<D>);
+
+impl<D> std::ops::Deref for Guarded<D> {
+    type Target = D;
+
+    fn deref(&self) -> &D {
+        self.0.as_ref().expect("only taken on drop")
+    }
+}
+
+impl<D> Drop for Guarded<D> {
+    fn drop(&mut self) {
+        if let Some(db) = self.0.take() {
+            // A panic here was turned into an error; the file is as damaged as it was.
+            let _ = guarded(|| {
+                drop(db);
+                Ok(())
+            });
+        }
+    }
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

@@ -1,13 +1,17 @@
 //! Opening a store: replay the log after the index's checkpoint, cut a torn tail, refuse damage.
 //!
-//! 1. Open (or create) the index and read its checkpoint: `checkpoint_lsn`, `next_token`.
+//! 1. Open (or create) the index and read its checkpoint: `checkpoint_lsn`, `next_token`. A
+//!    new store creates its first segment (LSN 1) before the index. An index that redb
+//!    refuses as damaged is rebuilt from the log when the log still holds every change (its
+//!    first segment starts at LSN 1: a creation cut short, or a store not yet trimmed);
+//!    otherwise it is `Error::Corruption`.
 //! 2. Read the log after the checkpoint (see [`crate::log::reader`] for the rules that tell a
 //!    torn tail from corruption) and apply each record to the index in LSN order. Each record
 //!    sets its key's whole state, so replay is idempotent: a crash during recovery just
 //!    replays again.
-//! 3. Cut a torn tail: truncate the last segment where the damage starts and sync it (or
-//!    remove a segment whose creation was cut short). Report it in
-//!    [`RecoveryReport::torn_tail`].
+//! 3. Cut a torn tail: truncate the last segment where the damage starts (or remove a
+//!    segment whose creation was cut short); report it in [`RecoveryReport::torn_tail`]. Sync
+//!    the last segment either way: what was read back may have come from the page cache.
 //! 4. If anything was replayed or cut, write a checkpoint; then remove segments behind it.
 //! 5. Continue the log in the last segment, or in a new one where the checkpoint is ahead of
 //!    the log's end (records acknowledged without a sync and lost with power after the index
@@ -16,7 +20,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::index::{Change, Checkpoint, INDEX_FILE, Index};
 use crate::log::reader::{self, Tail};
 use crate::log::segment;
@@ -45,17 +49,40 @@ pub(crate) fn recover(
 ) -> Result<Recovered> {
     let started = Instant::now();
     let created = !storage.list()?.iter().any(|n| n == INDEX_FILE);
+    if created && reader::list_segments(storage.as_ref())?.is_empty() {
+        // A new store writes its first segment before its index: an index damaged by a crash
+        // during creation then always has the complete log beside it to be rebuilt from.
+        Writer::create_segment(storage.as_ref(), 1)?;
+    }
     let index_file = storage.open(INDEX_FILE, true)?;
     if created {
         storage.sync_dir()?;
     }
-    let index = Index::open(index_file, cache_size)?;
-    let checkpoint = index.checkpoint()?;
     let mut report = RecoveryReport {
         created,
-        checkpoint_lsn: checkpoint.lsn,
         ..RecoveryReport::default()
     };
+    let index = match Index::open(index_file, cache_size) {
+        Ok(index) => index,
+        // A damaged index with a log that holds every change since the store was created (its
+        // first segment starts at LSN 1) is rebuilt from the log, losing nothing. With a
+        // trimmed log, or none, it stays an error.
+        Err(Error::Corruption { .. })
+            if reader::list_segments(storage.as_ref())?
+                .first()
+                .is_some_and(|(lsn, _)| *lsn == 1) =>
+        {
+            storage.remove(INDEX_FILE)?;
+            storage.sync_dir()?;
+            let file = storage.open(INDEX_FILE, true)?;
+            storage.sync_dir()?;
+            report.index_rebuilt = true;
+            Index::open(file, cache_size)?
+        }
+        Err(e) => return Err(e),
+    };
+    let checkpoint = index.checkpoint()?;
+    report.checkpoint_lsn = checkpoint.lsn;
 
     let mut max_token = 0u64;
     let mut changes: Vec<Change> = Vec::new();
@@ -92,9 +119,14 @@ pub(crate) fn recover(
             storage.sync_dir()?;
         } else if let Some(tail) = &log.tail {
             tail.file.set_len(tail.end)?;
-            tail.file.sync_data()?;
         }
         report.torn_tail = Some(torn.clone());
+    }
+    // Frames read back may still sit unsynced in the page cache (the process died, the
+    // machine did not). Sync them now: frames written from here on record a synced LSN that
+    // vouches for them, and the checkpoint below covers them.
+    if let Some(tail) = &log.tail {
+        tail.file.sync_data()?;
     }
 
     let last_lsn = log.last_lsn.unwrap_or(0).max(checkpoint.lsn);
@@ -125,7 +157,7 @@ pub(crate) fn recover(
         }
     };
 
-    if report.replayed > 0 || report.torn_tail.is_some() || created {
+    if report.replayed > 0 || report.torn_tail.is_some() || created || report.index_rebuilt {
         index.apply(
             &[],
             Some(Checkpoint {

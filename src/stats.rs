@@ -41,6 +41,9 @@ pub struct Stats {
 pub struct RecoveryReport {
     /// Whether the index file was created by this open (a new store).
     pub created: bool,
+    /// Whether the index file was damaged and rebuilt from the log, which still held every
+    /// change since the store was created (e.g. a crash cut the index's creation short).
+    pub index_rebuilt: bool,
     /// The checkpoint the index held when opened.
     pub checkpoint_lsn: u64,
     /// Log records applied to the index because they were newer than the checkpoint.

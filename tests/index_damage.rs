@@ -20,19 +20,32 @@ fn build(dir: &std::path::Path) {
     store.close().unwrap();
 }
 
-#[test]
-fn flipped_bytes_in_the_index_are_errors_or_caught_by_verify() {
+/// Copies the store in `from` to `to`, with or without its log.
+fn copy_store(from: &std::path::Path, to: &std::path::Path, with_log: bool) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap();
+        if with_log || name == "index.redb" {
+            std::fs::copy(&path, to.join(name)).unwrap();
+        }
+    }
+}
+
+/// Flips a byte at ~100 offsets of the index and opens each copy: it must be refused with a
+/// typed error, rebuilt from the log (only when the whole log is there), or answer every key
+/// truthfully, with any hidden record reported by `verify`.
+fn flip_bytes(with_log: bool) {
     let pristine = tempfile::tempdir().unwrap();
     build(pristine.path());
     let index = std::fs::read(pristine.path().join("index.redb")).unwrap();
-    let (mut opened, mut refused, mut misses) = (0, 0, 0);
+    let (mut opened, mut refused, mut rebuilt, mut misses) = (0, 0, 0, 0);
     let step = (index.len() / 97).max(1);
     for at in (0..index.len()).step_by(step) {
         let dir = tempfile::tempdir().unwrap();
+        copy_store(pristine.path(), dir.path(), with_log);
         let mut damaged = index.clone();
         damaged[at] ^= 0x5A;
         std::fs::write(dir.path().join("index.redb"), &damaged).unwrap();
-        // The index alone, without the log, must still answer truthfully.
         let store = match options(&clock()).open(dir.path()) {
             Ok(store) => store,
             Err(e) => {
@@ -45,6 +58,12 @@ fn flipped_bytes_in_the_index_are_errors_or_caught_by_verify() {
             }
         };
         opened += 1;
+        let was_rebuilt = store.recovery_report().index_rebuilt;
+        assert!(
+            with_log || !was_rebuilt,
+            "offset {at}: rebuilt without a log"
+        );
+        rebuilt += u64::from(was_rebuilt);
         let mut missed = false;
         for n in 0..KEYS {
             match store.get(&key(n)) {
@@ -60,6 +79,10 @@ fn flipped_bytes_in_the_index_are_errors_or_caught_by_verify() {
                 Err(_) => {}
             }
         }
+        assert!(
+            !(was_rebuilt && missed),
+            "offset {at}: rebuilt from the whole log yet a record is missing"
+        );
         drop(store);
         if missed {
             misses += 1;
@@ -70,8 +93,23 @@ fn flipped_bytes_in_the_index_are_errors_or_caught_by_verify() {
             );
         }
     }
-    println!("{opened} opened, {refused} refused, {misses} with hidden records");
+    println!(
+        "{opened} opened ({rebuilt} rebuilt), {refused} refused, {misses} with hidden records"
+    );
     assert!(opened + refused > 90);
+    if with_log {
+        assert!(rebuilt > 0, "no flipped byte made redb refuse the index");
+    }
+}
+
+#[test]
+fn flipped_bytes_in_an_index_without_its_log_are_errors_or_caught_by_verify() {
+    flip_bytes(false);
+}
+
+#[test]
+fn flipped_bytes_in_an_index_beside_its_whole_log_are_rebuilt_errors_or_caught_by_verify() {
+    flip_bytes(true);
 }
 
 #[test]
@@ -81,10 +119,7 @@ fn a_truncated_index_is_refused_or_rebuilt_from_the_log_never_wrong() {
     let index = std::fs::read(pristine.path().join("index.redb")).unwrap();
     for keep in [0, 1, 100, 4096, index.len() / 2, index.len() - 1] {
         let dir = tempfile::tempdir().unwrap();
-        for entry in std::fs::read_dir(pristine.path()).unwrap() {
-            let path = entry.unwrap().path();
-            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
-        }
+        copy_store(pristine.path(), dir.path(), true);
         std::fs::write(dir.path().join("index.redb"), &index[..keep]).unwrap();
         match Store::open(dir.path()) {
             Ok(store) => {
