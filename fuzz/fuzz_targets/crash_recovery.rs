@@ -1,0 +1,15 @@
+//! Power cuts between and inside operations and during recovery, against a model of what
+//! was acknowledged (see `tests/model/harness.rs`).
+//! The same core runs under `cargo test` over fixed seeds.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+#[path = "../../tests/model/mod.rs"]
+mod model;
+
+fuzz_target!(|data: &[u8]| {
+    model::let_caught_panics_unwind();
+    model::crash_recovery(data);
+});
