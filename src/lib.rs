@@ -77,3 +77,7 @@ pub use record::{Outcome, Record, RecordState};
 pub use stats::{RecoveryReport, Stats, TornTail};
 pub use store::Store;
 pub use verify::{Problem, VerifyReport, verify, verify_dir};
+
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
