@@ -1,0 +1,210 @@
+//! The workload every engine runs: keys, values, timed loops and latency percentiles.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use idemstore::Key;
+
+pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The stored outcome of every completed operation.
+pub const OUTCOME: [u8; 200] = [0x5a; 200];
+/// The request body whose fingerprint idemstore stores (others store a fixed 32-byte hash).
+pub const REQUEST: &[u8] =
+    b"{\"amount\":1000,\"currency\":\"EUR\",\"customer\":\"cus_0123456789\"}";
+pub const FINGERPRINT: [u8; 32] = [0x11; 32];
+/// Bytes of an idemstore record holding `OUTCOME` (70 bytes of header and CRC): raw redb
+/// stores values of this size so that both B-trees carry the same bytes.
+pub const RECORD_BYTES: usize = 70 + OUTCOME.len();
+/// Bytes of an idemstore claim record (no outcome).
+pub const CLAIM_BYTES: usize = 70;
+pub const LEASE_MS: u64 = 60_000;
+pub const RETENTION_MS: u64 = 24 * 3600 * 1000;
+
+/// splitmix64: spreads request ids over the key space like random idempotency keys.
+pub fn mix(i: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Key number `i`: 48 bytes encoded (16-byte client | 16-byte request id | 13-byte resource,
+/// plus three length bytes). Every engine stores `key(i).as_bytes()`.
+pub fn key(i: u64) -> Key {
+    let client = format!("client-{:09}", i % 1_000);
+    let request = format!("{:016x}", mix(i));
+    Key::new(client, request, "POST /charges").expect("a valid key")
+}
+
+/// Keys never loaded: a separate range far above any loaded or written key.
+pub const MISS_BASE: u64 = 1 << 60;
+
+/// Hands out key numbers never used before, for writes on new keys.
+pub struct Fresh(AtomicU64);
+
+impl Fresh {
+    pub fn new(start: u64) -> Fresh {
+        Fresh(AtomicU64::new(start))
+    }
+    pub fn next(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Latency samples in nanoseconds and the throughput of one measured run.
+#[derive(Debug, Clone, Default)]
+pub struct Measured {
+    pub ops: u64,
+    pub elapsed: Duration,
+    pub samples: Vec<u64>,
+    pub errors: u64,
+}
+
+impl Measured {
+    pub fn ops_per_sec(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The `q` quantile (0..=1) of the latency samples, in microseconds.
+    pub fn quantile_us(&self, q: f64) -> f64 {
+        if self.samples.is_empty() {
+            return f64::NAN;
+        }
+        let at = ((self.samples.len() - 1) as f64 * q).round() as usize;
+        self.samples[at.min(self.samples.len() - 1)] as f64 / 1000.0
+    }
+
+    fn merge(parts: Vec<Measured>, elapsed: Duration) -> Measured {
+        let mut all = Measured {
+            elapsed,
+            ..Measured::default()
+        };
+        for p in parts {
+            all.ops += p.ops;
+            all.errors += p.errors;
+            all.samples.extend(p.samples);
+        }
+        all.samples.sort_unstable();
+        all
+    }
+}
+
+/// Runs `op` on `threads` threads until `budget` has passed (after a warm-up of a quarter of
+/// it), timing one op in every `sample_every`. `make` builds each thread's state (a
+/// connection, a read transaction); `op` gets the state, the thread number and the op count.
+pub fn run_timed<S, M, O>(
+    threads: usize,
+    budget: Duration,
+    sample_every: u64,
+    make: M,
+    op: O,
+) -> Res<Measured>
+where
+    M: Fn() -> Res<S> + Sync,
+    O: Fn(&mut S, usize, u64) -> Res<()> + Sync,
+{
+    let warm_up = budget / 4;
+    let measuring = AtomicBool::new(false);
+    let stop = AtomicBool::new(false);
+    let barrier = std::sync::Barrier::new(threads + 1);
+    let results: Vec<Res<Measured>> = thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (make, op, barrier, measuring, stop) =
+                    (&make, &op, &barrier, &measuring, &stop);
+                s.spawn(move || -> Res<Measured> {
+                    let state = make();
+                    barrier.wait();
+                    let mut state = state?;
+                    let mut m = Measured::default();
+                    let mut n = 0u64;
+                    let mut counting = false;
+                    loop {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        if !counting && measuring.load(Ordering::Relaxed) {
+                            counting = true;
+                            m = Measured::default();
+                        }
+                        let timed = counting && n.is_multiple_of(sample_every);
+                        let started = timed.then(Instant::now);
+                        match op(&mut state, t, n) {
+                            Ok(()) => m.ops += u64::from(counting),
+                            Err(e) => {
+                                m.errors += 1;
+                                if m.errors == 1 {
+                                    eprintln!("    (thread {t}) error: {e}");
+                                }
+                                if m.errors > 1000 {
+                                    return Err(e);
+                                }
+                            }
+                        }
+                        if let Some(started) = started {
+                            m.samples.push(started.elapsed().as_nanos() as u64);
+                        }
+                        n += 1;
+                    }
+                    Ok(m)
+                })
+            })
+            .collect();
+        barrier.wait();
+        thread::sleep(warm_up);
+        measuring.store(true, Ordering::Relaxed);
+        let started = Instant::now();
+        thread::sleep(budget);
+        stop.store(true, Ordering::Relaxed);
+        let elapsed = started.elapsed();
+        let mut out: Vec<Res<Measured>> = handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("a worker panicked".into())))
+            .collect();
+        // Each thread's counts cover the time from `measuring` to `stop`, give or take one op.
+        for m in out.iter_mut().flatten() {
+            m.elapsed = elapsed;
+        }
+        out
+    });
+    let mut parts = Vec::new();
+    for r in results {
+        parts.push(r?);
+    }
+    let elapsed = parts.first().map_or(Duration::ZERO, |p| p.elapsed);
+    Ok(Measured::merge(parts, elapsed))
+}
+
+/// Runs `op(i)` for every `i` in `0..n` on `threads` threads; returns the wall time.
+pub fn run_all<O>(threads: usize, n: u64, op: O) -> Res<Duration>
+where
+    O: Fn(u64) -> Res<()> + Sync,
+{
+    let next = AtomicU64::new(0);
+    let started = Instant::now();
+    let results: Vec<Res<()>> = thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| -> Res<()> {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= n {
+                            return Ok(());
+                        }
+                        op(i)?;
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("a loader panicked".into())))
+            .collect()
+    });
+    for r in results {
+        r?;
+    }
+    Ok(started.elapsed())
+}
