@@ -39,6 +39,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use crate::clock::to_nanos;
 use crate::decide::Policy;
 use crate::error::{Error, Result};
+use crate::filter::{self, Filters};
 use crate::index::{Change, Checkpoint, Index, decode_entry};
 use crate::log::writer::Writer;
 use crate::log::{entry, frame};
@@ -72,6 +73,8 @@ pub(crate) struct Shared {
     apply: Mutex<u64>,
     pub io: Mutex<Io>,
     pub index: Index,
+    /// The key filter in front of `recent` and the index (see `filter.rs`).
+    pub filters: Arc<Filters>,
     pub storage: Arc<dyn Storage>,
     pub closed: AtomicBool,
     pub report: RecoveryReport,
@@ -166,6 +169,7 @@ impl Shared {
                 last_checkpoint: Instant::now(),
             }),
             index: parts.index,
+            filters: Arc::default(),
             storage: parts.storage,
             closed: AtomicBool::new(false),
             report: parts.report,
@@ -192,6 +196,9 @@ impl Shared {
     /// The key's acknowledged entry: from `recent`, else from the index. `recent` is read
     /// first: an entry leaves it only after the index snapshot holding it is published.
     pub fn acknowledged(&self, key: &[u8]) -> Result<Option<Entry>> {
+        if !self.filters.may_contain(key) {
+            return Ok(None);
+        }
         if self.recent_len.load(Ordering::Acquire) > 0
             && let Some((_, entry)) = self.recent.read().get(key)
         {
@@ -210,6 +217,25 @@ impl Shared {
         Ok((self.acknowledged(key)?, 0))
     }
 
+    /// Starts building a key filter sized for twice the keys there are now, unless a build
+    /// is running. Takes `core` so that no write slips between the filter's installation and
+    /// the scan of the keys in flight.
+    pub fn start_filter_build(&self, core: &Core) {
+        let indexed = self.index.counts().map_or(0, |(records, _)| records);
+        let pending = (self.recent_len.load(Ordering::Acquire) + core.in_flight.len()) as u64;
+        let Some(building) = self.filters.begin_build(2 * (indexed + pending)) else {
+            return;
+        };
+        for key in core.in_flight.keys() {
+            building.insert(filter::hash(key));
+        }
+        for key in self.recent.read().keys() {
+            building.insert(filter::hash(key));
+        }
+        // Taken after `recent` was read: a key leaves `recent` only once a snapshot holds it.
+        self.filters.spawn_build(building, self.index.snapshot());
+    }
+
     /// Adds a change to the batch and waits until it is acknowledged.
     pub fn write(
         &self,
@@ -222,6 +248,15 @@ impl Shared {
             return Err(Error::PreviousIo {
                 cause: cause.clone(),
             });
+        }
+        if takes_token {
+            // A claim is the only change that makes an absent key present. Into the filter
+            // before the change can be seen (see `filter.rs`), and after a build starts: this
+            // key is not in flight yet for the build to pick up.
+            if self.filters.wants_rebuild() {
+                self.start_filter_build(&core);
+            }
+            self.filters.insert(key);
         }
         let lsn = core.next_lsn;
         core.next_lsn += 1;
@@ -483,6 +518,7 @@ enum FollowUp {
 impl Drop for Shared {
     fn drop(&mut self) {
         self.stop_background();
+        self.filters.stop();
         if !self.closed.load(Ordering::Relaxed) && self.poisoned().is_ok() {
             // Best effort: a failure here only means the next open replays more log.
             let _ = self.checkpoint();

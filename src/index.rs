@@ -62,9 +62,12 @@ pub(crate) struct Checkpoint {
     pub next_token: u64,
 }
 
+/// A read-only view of the `records` table as of one commit.
+pub(crate) type Snapshot = Arc<ReadOnlyTable<&'static [u8], &'static [u8]>>;
+
 pub(crate) struct Index {
     // Declared first so that it drops before the database it reads.
-    snapshot: RwLock<Arc<ReadOnlyTable<&'static [u8], &'static [u8]>>>,
+    snapshot: RwLock<Snapshot>,
     db: Guarded<Database>,
 }
 
@@ -254,6 +257,11 @@ impl Index {
         })
     }
 
+    /// The latest published snapshot of the records.
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot.read().clone()
+    }
+
     /// Calls `f` with every record in key order, stopping at its first error.
     pub fn for_each(&self, mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
         guarded(|| {
@@ -276,6 +284,20 @@ impl Index {
             ))
         })
     }
+}
+
+/// Calls `f` with every key of `snapshot` in order while it returns true. Returns whether it
+/// saw them all.
+pub(crate) fn scan_keys(snapshot: &Snapshot, mut f: impl FnMut(&[u8]) -> bool) -> Result<bool> {
+    guarded(|| {
+        for row in snapshot.iter()? {
+            let (key, _) = row?;
+            if !f(key.value()) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
 }
 
 /// What [`check_read_only`] found in an index file.

@@ -54,6 +54,7 @@ mod commit;
 mod decide;
 mod error;
 mod execute;
+mod filter;
 mod index;
 mod key;
 mod log;

@@ -32,6 +32,16 @@ pub struct Stats {
     pub segments: u64,
     /// Bytes in the current log segment.
     pub current_segment_bytes: u64,
+    /// Whether the in-memory key filter is ready: until its first build (in the background
+    /// after open) finishes, lookups of absent keys go to the index.
+    pub key_filter_ready: bool,
+    /// The number of keys the ready key filter was sized for; it is rebuilt, twice the size
+    /// of the keys there are, once more keys were inserted.
+    pub key_filter_capacity: u64,
+    /// Memory the ready key filter takes, in bytes.
+    pub key_filter_bytes: u64,
+    /// Key filter builds finished since open.
+    pub key_filter_builds: u64,
 }
 
 /// What the last open found and did, from

@@ -59,6 +59,7 @@ impl Store {
             report: recovered.report,
         }));
         Shared::start_background(&shared);
+        shared.start_filter_build(&shared.core.lock());
         Ok(Store { shared })
     }
 
@@ -299,6 +300,7 @@ impl Store {
         let io = shared.io.lock();
         let (segments, current_segment_bytes) = io.writer.footprint();
         let c = &shared.counters;
+        let filter = shared.filters.stats();
         Ok(Stats {
             records,
             in_progress,
@@ -313,6 +315,10 @@ impl Store {
             purged: c.purged.load(Ordering::Relaxed),
             segments: segments as u64,
             current_segment_bytes,
+            key_filter_ready: filter.ready,
+            key_filter_capacity: filter.capacity,
+            key_filter_bytes: filter.bytes,
+            key_filter_builds: filter.builds,
         })
     }
 
@@ -331,6 +337,7 @@ impl Store {
         let result = shared.checkpoint().and_then(|()| shared.sync_log());
         shared.closed.store(true, Ordering::SeqCst);
         shared.stop_background();
+        shared.filters.stop();
         result
     }
 }

@@ -1,0 +1,310 @@
+//! The key filter: a blocked Bloom filter in front of the index, so that a lookup of an
+//! absent key (every new request's `begin`, every `get` miss) costs a few cache-line reads
+//! instead of a B-tree walk.
+//!
+//! The filter is memory only, rebuilt from the index in the background: at open (so that
+//! opening stays independent of the index's size; lookups bypass the filter until it is
+//! ready) and whenever more keys were inserted than it was sized for. It never forgets a key
+//! it was told about, so a "no" is always right; a "maybe" goes on to the index. Removed and
+//! purged keys stay in it until the next rebuild, which only costs false positives.
+//!
+//! # Why it is never wrong
+//!
+//! A key reaches `recent` or the index only through a claim written by
+//! [`crate::commit::Shared::write`], which inserts it into the ready filter and into one
+//! being built *before* the change can be seen (recovery writes the index before any filter
+//! exists). A build installs its empty filter under the `core` lock (so every later write
+//! inserts into it), adds the keys in flight, then the keys in `recent`, then the keys of an
+//! index snapshot taken after that: a key leaves `recent` only once a published snapshot
+//! holds it. Only then does the new filter replace the old.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::{self, JoinHandle};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::index::{self, Snapshot};
+
+/// 64-bit words per block: one 512-bit cache line.
+const WORDS: usize = 8;
+/// Bits set per key, all in one block.
+const PROBES: u32 = 6;
+/// Bits of filter per key it is sized for (about 1% false positives at that load).
+const BITS_PER_KEY: u64 = 12;
+/// The smallest capacity a filter is built with, in keys.
+pub(crate) const MIN_CAPACITY: u64 = 64 * 1024;
+
+/// A fixed-size blocked Bloom filter of key hashes; safe to read and insert concurrently.
+pub(crate) struct KeyFilter {
+    blocks: Box<[[AtomicU64; WORDS]]>,
+    mask: u64,
+    capacity: u64,
+    inserted: AtomicU64,
+}
+
+impl KeyFilter {
+    /// An empty filter sized for `capacity` keys (at least [`MIN_CAPACITY`]).
+    pub fn with_capacity(capacity: u64) -> KeyFilter {
+        let capacity = capacity.max(MIN_CAPACITY);
+        let blocks = (capacity * BITS_PER_KEY)
+            .div_ceil(64 * WORDS as u64)
+            .next_power_of_two();
+        KeyFilter {
+            blocks: (0..blocks).map(|_| Default::default()).collect(),
+            mask: blocks - 1,
+            capacity,
+            inserted: AtomicU64::new(0),
+        }
+    }
+
+    /// Adds the key whose hash is `hash`.
+    pub fn insert(&self, hash: u64) {
+        if let Some(block) = self.block(hash) {
+            for (word, bit) in probes(hash) {
+                if let Some(w) = block.get(word) {
+                    w.fetch_or(bit, Ordering::Relaxed);
+                }
+            }
+        }
+        self.inserted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// False only if the key whose hash is `hash` was never inserted.
+    pub fn may_contain(&self, hash: u64) -> bool {
+        let Some(block) = self.block(hash) else {
+            return true;
+        };
+        probes(hash).all(|(word, bit)| {
+            block
+                .get(word)
+                .is_none_or(|w| w.load(Ordering::Relaxed) & bit != 0)
+        })
+    }
+
+    /// Whether more keys were inserted than the filter was sized for.
+    pub fn is_full(&self) -> bool {
+        self.inserted.load(Ordering::Relaxed) > self.capacity
+    }
+
+    /// The number of keys the filter was sized for.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Bytes of memory the filter's bits take.
+    pub fn bytes(&self) -> u64 {
+        (self.blocks.len() * WORDS * 8) as u64
+    }
+
+    fn block(&self, hash: u64) -> Option<&[AtomicU64; WORDS]> {
+        let at = usize::try_from(hash & self.mask).ok()?;
+        self.blocks.get(at)
+    }
+}
+
+/// The filters of one store: the one lookups consult and the one being built.
+#[derive(Default)]
+pub(crate) struct Filters {
+    /// The filter lookups consult; `None` until the first build finishes.
+    ready: RwLock<Option<Arc<KeyFilter>>>,
+    /// A filter being built: every write inserts into it too.
+    building: Mutex<Option<Arc<KeyFilter>>>,
+    /// The thread scanning the index into `building`.
+    thread: Mutex<Option<JoinHandle<()>>>,
+    stop: AtomicBool,
+    builds: AtomicU64,
+}
+
+/// What [`Filters::stats`] reports.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct FilterStats {
+    pub ready: bool,
+    pub capacity: u64,
+    pub bytes: u64,
+    pub builds: u64,
+}
+
+impl Filters {
+    /// Records that `key` may exist from now on. Call before its change can be seen.
+    pub fn insert(&self, key: &[u8]) {
+        let hash = hash(key);
+        // Both under the `building` lock, which a finished build holds while it replaces the
+        // ready filter: else the key could miss both, the ready filter read before the swap
+        // and the building one after it.
+        let building = self.building.lock();
+        if let Some(filter) = &*building {
+            filter.insert(hash);
+        }
+        if let Some(filter) = &*self.ready.read() {
+            filter.insert(hash);
+        }
+    }
+
+    /// False only if `key` certainly has no entry (true while no filter is ready).
+    pub fn may_contain(&self, key: &[u8]) -> bool {
+        match &*self.ready.read() {
+            Some(filter) => filter.may_contain(hash(key)),
+            None => true,
+        }
+    }
+
+    /// Whether the ready filter holds more keys than it was sized for and no build runs.
+    pub fn wants_rebuild(&self) -> bool {
+        let full = self.ready.read().as_ref().is_some_and(|f| f.is_full());
+        full && self.building.lock().is_none()
+    }
+
+    /// Starts a build sized for `capacity` keys, unless one is running: installs its empty
+    /// filter, so that every write from now on inserts into it, and returns it. The caller
+    /// holds the `core` lock, adds the keys in flight and in `recent`, and then hands an
+    /// index snapshot taken after that to [`Filters::spawn_build`].
+    pub fn begin_build(&self, capacity: u64) -> Option<Arc<KeyFilter>> {
+        let mut building = self.building.lock();
+        if building.is_some() || self.stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        let filter = Arc::new(KeyFilter::with_capacity(capacity));
+        *building = Some(filter.clone());
+        Some(filter)
+    }
+
+    /// Scans `snapshot`'s keys into `filter` in a thread, then makes it the ready filter.
+    pub fn spawn_build(self: &Arc<Filters>, filter: Arc<KeyFilter>, snapshot: Snapshot) {
+        let filters = self.clone();
+        let spawned = thread::Builder::new()
+            .name("idemstore-filter".into())
+            .spawn(move || {
+                let scanned = index::scan_keys(&snapshot, |key| {
+                    filter.insert(hash(key));
+                    !filters.stop.load(Ordering::Relaxed)
+                });
+                drop(snapshot);
+                let mut building = filters.building.lock();
+                // On an index error or a stop, the ready filter (if any) stays: still correct.
+                if matches!(scanned, Ok(true)) {
+                    *filters.ready.write() = Some(filter);
+                    filters.builds.fetch_add(1, Ordering::Relaxed);
+                }
+                *building = None;
+            });
+        match spawned {
+            Ok(thread) => {
+                if let Some(done) = self.thread.lock().replace(thread) {
+                    let _ = done.join();
+                }
+            }
+            Err(_) => *self.building.lock() = None,
+        }
+    }
+
+    /// Stops a running build and waits for its thread (before the index is closed).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.lock().take() {
+            let _ = thread.join();
+        }
+    }
+
+    pub fn stats(&self) -> FilterStats {
+        let ready = self.ready.read();
+        FilterStats {
+            ready: ready.is_some(),
+            capacity: ready.as_ref().map_or(0, |f| f.capacity()),
+            bytes: ready.as_ref().map_or(0, |f| f.bytes()),
+            builds: self.builds.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The (word, bit mask) pairs of `hash` within its block. The block index uses the low
+/// bits of `hash`; the probes take 9 bits each from the high bits of a remix of it, which
+/// depend on all of its bits.
+fn probes(hash: u64) -> impl Iterator<Item = (usize, u64)> {
+    let bits = hash.wrapping_mul(0xD6E8_FEB8_6659_FD93) >> 10;
+    (0..PROBES).map(move |i| {
+        let bit = (bits >> (9 * i)) & 511;
+        ((bit >> 6) as usize, 1u64 << (bit & 63))
+    })
+}
+
+/// A fast 64-bit hash of a key's bytes (not cryptographic: the filter only needs spread).
+pub(crate) fn hash(key: &[u8]) -> u64 {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut h = (key.len() as u64).wrapping_mul(K);
+    let mut chunks = key.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        h = (h ^ u64::from_le_bytes(word))
+            .wrapping_mul(K)
+            .rotate_left(29);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut word = [0u8; 8];
+        word.iter_mut().zip(rest).for_each(|(w, b)| *w = *b);
+        h = (h ^ u64::from_le_bytes(word))
+            .wrapping_mul(K)
+            .rotate_left(29);
+    }
+    // splitmix64's finalizer: every input bit affects every output bit.
+    h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    h ^ (h >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u64) -> Vec<u8> {
+        format!("client-{}|request-{n:012}|POST /v1/charges", n % 97).into_bytes()
+    }
+
+    #[test]
+    fn inserted_keys_are_always_found() {
+        let filter = KeyFilter::with_capacity(100_000);
+        for n in 0..100_000 {
+            filter.insert(hash(&key(n)));
+        }
+        assert!((0..100_000).all(|n| filter.may_contain(hash(&key(n)))));
+        assert!(!filter.is_full());
+        filter.insert(hash(b"one more"));
+        assert!(filter.is_full());
+    }
+
+    #[test]
+    fn absent_keys_are_mostly_rejected_at_capacity() {
+        let filter = KeyFilter::with_capacity(100_000);
+        for n in 0..100_000 {
+            filter.insert(hash(&key(n)));
+        }
+        let false_positives = (100_000..300_000)
+            .filter(|n| filter.may_contain(hash(&key(*n))))
+            .count();
+        // About 1% is expected; 2% leaves room for an unlucky layout, not for a broken hash.
+        assert!(false_positives < 4_000, "{false_positives} of 200000");
+    }
+
+    #[test]
+    fn an_empty_filter_rejects_everything_and_is_sized_up() {
+        let filter = KeyFilter::with_capacity(0);
+        assert_eq!(filter.capacity(), MIN_CAPACITY);
+        assert!(filter.bytes() >= MIN_CAPACITY * BITS_PER_KEY / 8);
+        assert!((0..10_000).all(|n| !filter.may_contain(hash(&key(n)))));
+    }
+
+    #[test]
+    fn the_hash_depends_on_every_byte_and_the_length() {
+        let base = key(7);
+        let h = hash(&base);
+        for i in 0..base.len() {
+            let mut changed = base.clone();
+            changed[i] ^= 1;
+            assert_ne!(hash(&changed), h, "byte {i}");
+        }
+        assert_ne!(hash(&base[..base.len() - 1]), h);
+        assert_ne!(hash(b""), hash(&[0]));
+    }
+}
