@@ -221,17 +221,20 @@ impl Index {
                 }
                 for (at, key) in due {
                     expiry.remove((at, key.as_slice()))?;
-                    let current = records.get(key.as_slice())?.map(|v| v.value().to_vec());
-                    // A row whose record has another expiry is stale: the record moved on.
-                    if let Some(current) = current
-                        && le_u64(&current, ENTRY_EXPIRES_AT) == at
-                    {
-                        records.remove(key.as_slice())?;
-                        if is_in_progress(Some(&current)) {
-                            in_progress.remove(key.as_slice())?;
-                        }
-                        removed += 1;
+                    // One walk of `records` per key: remove, and put back in the rare case of
+                    // a stale row (the record moved on to another expiry).
+                    let Some(old) = records.remove(key.as_slice())?.map(|v| v.value().to_vec())
+                    else {
+                        continue;
+                    };
+                    if le_u64(&old, ENTRY_EXPIRES_AT) != at {
+                        records.insert(key.as_slice(), old.as_slice())?;
+                        continue;
                     }
+                    if is_in_progress(Some(&old)) {
+                        in_progress.remove(key.as_slice())?;
+                    }
+                    removed += 1;
                 }
             }
             txn.commit()?;
