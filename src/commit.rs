@@ -52,6 +52,10 @@ use crate::storage::Storage;
 /// Acknowledged changes are applied to the index once this many are queued.
 const APPLY_BATCH: usize = 4096;
 
+/// The most changes a leader applies in one go after waking its waiters: twice the batch, to
+/// keep ahead of the writers, and a bound on the pause when a recovery left a long backlog.
+const APPLY_CHUNK: usize = 2 * APPLY_BATCH;
+
 /// How many times a new leader yields while its batch is still growing.
 const GATHER_ROUNDS: usize = 8;
 
@@ -65,7 +69,7 @@ pub(crate) struct Shared {
     pub core: Mutex<Core>,
     acknowledged: Condvar,
     /// Acknowledged changes not yet applied to the index: key → (LSN, encoded entry).
-    recent: RwLock<HashMap<Vec<u8>, Acknowledged>>,
+    recent: RwLock<Recent>,
     /// `recent.len()`, readable without the lock (0 lets readers skip it).
     recent_len: AtomicUsize,
     /// Acknowledged changes waiting for the index, in LSN order.
@@ -88,7 +92,17 @@ pub(crate) struct Shared {
 }
 
 /// An acknowledged change not yet in the index: its LSN and encoded entry (`None`: deleted).
-type Acknowledged = (u64, Option<Vec<u8>>);
+type Acknowledged = (u64, Option<Arc<[u8]>>);
+
+/// The acknowledged layer: each key's latest change not yet in the index.
+pub(crate) type Recent = HashMap<Vec<u8>, Acknowledged>;
+
+/// Makes `changes` (in LSN order) each key's latest acknowledged state in `recent`.
+pub(crate) fn publish(recent: &mut Recent, changes: &[Change]) {
+    for change in changes {
+        recent.insert(change.key.clone(), (change.lsn, change.entry.clone()));
+    }
+}
 
 /// Decision state and the batch being formed.
 pub(crate) struct Core {
@@ -136,6 +150,10 @@ pub(crate) struct Parts {
     pub next_lsn: u64,
     pub next_token: u64,
     pub checkpoint_lsn: u64,
+    /// Changes recovered from the log that the index does not hold yet, in LSN order, and
+    /// each key's latest of them.
+    pub replayed: Vec<Change>,
+    pub recent: Recent,
     pub report: RecoveryReport,
 }
 
@@ -158,10 +176,11 @@ impl Shared {
                 failure: None,
             }),
             acknowledged: Condvar::new(),
-            recent: RwLock::new(HashMap::new()),
-            recent_len: AtomicUsize::new(0),
-            unapplied: Mutex::new(Vec::new()),
-            apply: Mutex::new(last_lsn),
+            recent_len: AtomicUsize::new(parts.recent.len()),
+            recent: RwLock::new(parts.recent),
+            unapplied: Mutex::new(parts.replayed),
+            // The index holds everything through the checkpoint, and nothing after it.
+            apply: Mutex::new(parts.checkpoint_lsn),
             io: Mutex::new(Io {
                 writer: parts.writer,
                 written_lsn: last_lsn,
@@ -264,8 +283,8 @@ impl Shared {
         if takes_token {
             core.next_token += 1;
         }
-        let encoded = entry.as_ref().map(|e| e.encode(key));
-        let mut payload = Vec::with_capacity(3 + key.len() + encoded.as_ref().map_or(0, Vec::len));
+        let encoded: Option<Arc<[u8]>> = entry.as_ref().map(|e| e.encode(key).into());
+        let mut payload = Vec::with_capacity(3 + key.len() + encoded.as_ref().map_or(0, |e| e.len()));
         entry::encode(&mut payload, key, encoded.as_deref());
         let synced = self.synced_lsn.load(Ordering::Acquire);
         frame::encode(&mut core.frames, lsn, synced, &payload);
@@ -367,9 +386,7 @@ impl Shared {
 
         {
             let mut recent = self.recent.write();
-            for change in &changes {
-                recent.insert(change.key.clone(), (change.lsn, change.entry.clone()));
-            }
+            publish(&mut recent, &changes);
             self.recent_len.store(recent.len(), Ordering::Release);
         }
         let mut unapplied = self.unapplied.lock();
@@ -394,7 +411,14 @@ impl Shared {
             },
             Apply::Wait | Apply::Checkpoint => self.apply.lock(),
         };
-        let changes = mem::take(&mut *self.unapplied.lock());
+        let changes = {
+            let mut unapplied = self.unapplied.lock();
+            if mode == Apply::IfIdle && unapplied.len() > APPLY_CHUNK {
+                unapplied.drain(..APPLY_CHUNK).collect()
+            } else {
+                mem::take(&mut *unapplied)
+            }
+        };
         let last = changes.last().map_or(*applied, |c| c.lsn);
         let mark = (mode == Apply::Checkpoint).then(|| Checkpoint {
             lsn: last,
@@ -500,7 +524,8 @@ impl Shared {
 /// How [`Shared::apply_pending`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Apply {
-    /// Only if no other thread is applying (a leader's follow-up).
+    /// Only if no other thread is applying, and at most [`APPLY_CHUNK`] changes, oldest
+    /// first (a leader's follow-up).
     IfIdle,
     /// Wait for a running apply, then apply the rest (before scans of the index).
     Wait,

@@ -52,7 +52,8 @@ pub(crate) struct Change {
     /// The log record that made this change.
     pub lsn: u64,
     pub key: Vec<u8>,
-    pub entry: Option<Vec<u8>>,
+    /// Shared with the acknowledged layer that serves reads until the change is applied.
+    pub entry: Option<Arc<[u8]>>,
 }
 
 /// What a checkpoint records.
@@ -155,7 +156,7 @@ impl Index {
                 for change in ordered {
                     let key = change.key.as_slice();
                     let old = match &change.entry {
-                        Some(entry) => records.insert(key, entry.as_slice())?,
+                        Some(entry) => records.insert(key, &**entry)?,
                         None => records.remove(key)?,
                     };
                     let old = old.map(|v| v.value().to_vec());
@@ -389,7 +390,8 @@ fn check_tables(
     Ok(check)
 }
 
-fn is_in_progress(entry: Option<&[u8]>) -> bool {
+/// Whether an encoded entry is a claim in progress.
+pub(crate) fn is_in_progress(entry: Option<&[u8]>) -> bool {
     entry.and_then(|e| e.get(ENTRY_STATE)) == Some(&STATE_IN_PROGRESS)
 }
 

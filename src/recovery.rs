@@ -6,13 +6,17 @@
 //!    first segment starts at LSN 1: a creation cut short, or a store not yet trimmed);
 //!    otherwise it is `Error::Corruption`.
 //! 2. Read the log after the checkpoint (see [`crate::log::reader`] for the rules that tell a
-//!    torn tail from corruption) and apply each record to the index in LSN order. Each record
-//!    sets its key's whole state, so replay is idempotent: a crash during recovery just
-//!    replays again.
+//!    torn tail from corruption) and return its records in LSN order. They are not applied
+//!    to the index here: the store serves them from its acknowledged layer in memory and
+//!    applies them in chunks afterwards, like any acknowledged change, so that reopening
+//!    costs a read of the log, not a B-tree insert per record. Each record sets its key's
+//!    whole state, so replay is idempotent: a crash before the next checkpoint just replays
+//!    again.
 //! 3. Cut a torn tail: truncate the last segment where the damage starts (or remove a
 //!    segment whose creation was cut short); report it in [`RecoveryReport::torn_tail`]. Sync
 //!    the last segment either way: what was read back may have come from the page cache.
-//! 4. If anything was replayed or cut, write a checkpoint; then remove segments behind it.
+//! 4. A new or rebuilt index gets its first checkpoint (still the old LSN: nothing is
+//!    applied yet); segments behind the checkpoint are removed.
 //! 5. Continue the log in the last segment, or in a new one where the checkpoint is ahead of
 //!    the log's end (records acknowledged without a sync and lost with power after the index
 //!    had checkpointed them), so that LSNs stay in sequence within each segment.
@@ -21,16 +25,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::index::{Change, Checkpoint, INDEX_FILE, Index};
+use crate::commit::{Recent, publish};
+use crate::index::{Change, Checkpoint, INDEX_FILE, Index, is_in_progress};
 use crate::log::reader::{self, Tail};
 use crate::log::segment;
 use crate::log::writer::Writer;
 use crate::record::Entry;
 use crate::stats::RecoveryReport;
 use crate::storage::Storage;
-
-/// Replayed changes are applied to the index in commits of this many.
-const REPLAY_BATCH: usize = 16 * 1024;
 
 /// An opened, recovered store's parts.
 pub(crate) struct Recovered {
@@ -39,6 +41,10 @@ pub(crate) struct Recovered {
     pub next_lsn: u64,
     pub next_token: u64,
     pub checkpoint_lsn: u64,
+    /// The log's records after the checkpoint, in LSN order, not yet in the index.
+    pub replayed: Vec<Change>,
+    /// Each key's latest replayed change: what reads see until the index holds it.
+    pub recent: Recent,
     pub report: RecoveryReport,
 }
 
@@ -97,19 +103,12 @@ pub(crate) fn recover(
             changes.push(Change {
                 lsn,
                 key: e.key.to_vec(),
-                entry: e.entry.map(<[u8]>::to_vec),
+                entry: e.entry.map(Arc::from),
             });
             report.replayed += 1;
-            if changes.len() >= REPLAY_BATCH {
-                index.apply(&changes, None)?;
-                changes.clear();
-            }
             Ok(())
         },
     )?;
-    if !changes.is_empty() {
-        index.apply(&changes, None)?;
-    }
     report.segments_read = log.segments_read;
 
     if let Some(torn) = &log.torn {
@@ -157,25 +156,39 @@ pub(crate) fn recover(
         }
     };
 
-    if report.replayed > 0 || report.torn_tail.is_some() || created || report.index_rebuilt {
+    if created || report.index_rebuilt {
         index.apply(
             &[],
             Some(Checkpoint {
-                lsn: last_lsn,
+                lsn: checkpoint.lsn,
                 next_token,
             }),
         )?;
     }
-    // Nothing replayed means nothing after the checkpoint: `last_lsn` is the checkpoint.
-    writer.remove_behind(last_lsn)?;
-    report.in_doubt = index.counts()?.1;
+    // Only what the index holds durably: the replayed records are not in it yet.
+    writer.remove_behind(checkpoint.lsn)?;
+    let mut recent = Recent::with_capacity(changes.len());
+    publish(&mut recent, &changes);
+    // Claims open now: the replayed ones, and the index's whose key no replayed change moved on.
+    let replayed_open = recent
+        .values()
+        .filter(|(_, entry)| is_in_progress(entry.as_deref()))
+        .count();
+    let indexed_open = index
+        .in_progress()?
+        .iter()
+        .filter(|(key, _)| !recent.contains_key(key))
+        .count();
+    report.in_doubt = (replayed_open + indexed_open) as u64;
     report.duration = started.elapsed();
     Ok(Recovered {
         index,
         writer,
         next_lsn,
         next_token,
-        checkpoint_lsn: last_lsn,
+        checkpoint_lsn: checkpoint.lsn,
+        replayed: changes,
+        recent,
         report,
     })
 }

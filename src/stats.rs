@@ -56,7 +56,8 @@ pub struct RecoveryReport {
     pub index_rebuilt: bool,
     /// The checkpoint the index held when opened.
     pub checkpoint_lsn: u64,
-    /// Log records applied to the index because they were newer than the checkpoint.
+    /// Log records newer than the checkpoint, read back into the store's acknowledged layer in
+    /// memory (served from there, and applied to the index after the open, in chunks).
     pub replayed: u64,
     /// The last valid LSN in the log after recovery.
     pub last_lsn: u64,

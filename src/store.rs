@@ -56,6 +56,8 @@ impl Store {
             next_lsn: recovered.next_lsn,
             next_token: recovered.next_token,
             checkpoint_lsn: recovered.checkpoint_lsn,
+            replayed: recovered.replayed,
+            recent: recovered.recent,
             report: recovered.report,
         }));
         Shared::start_background(&shared);
