@@ -96,7 +96,7 @@ pub enum Error {
     /// A read-only open found no store: the directory does not exist or holds no
     /// `index.redb`. A read-only open never creates a directory or a store; a writable open
     /// creates them instead of returning this.
-    #[error("no store at {path}: no index.redb there (a read-only open creates nothing)")]
+    #[error("no store at {path}: no index.redb found")]
     NotFound {
         /// The directory (or, for a simulated disk, its name).
         path: String,
