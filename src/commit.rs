@@ -213,6 +213,14 @@ impl Shared {
         Ok(())
     }
 
+    /// `Error::ReadOnly` on a store opened read-only: checked where every write starts.
+    pub fn check_writable(&self) -> Result<()> {
+        if self.options.read_only {
+            return Err(Error::ReadOnly);
+        }
+        Ok(())
+    }
+
     /// The key's acknowledged entry: from `recent`, else from the index. `recent` is read
     /// first: an entry leaves it only after the index snapshot holding it is published.
     pub fn acknowledged(&self, key: &[u8]) -> Result<Option<Entry>> {
@@ -264,6 +272,7 @@ impl Shared {
         entry: Option<Entry>,
         takes_token: bool,
     ) -> Result<()> {
+        self.check_writable()?;
         if let Some(cause) = &core.failure {
             return Err(Error::PreviousIo {
                 cause: cause.clone(),
@@ -471,6 +480,7 @@ impl Shared {
     /// A durable index commit of everything acknowledged, recording its LSN, then removal of
     /// the log segments behind it.
     pub fn checkpoint(&self) -> Result<()> {
+        self.check_writable()?;
         self.poisoned()?;
         self.apply_pending(Apply::Checkpoint)?;
         let lsn = *self.apply.lock();
@@ -497,6 +507,7 @@ impl Shared {
     /// record still in `recent` or in flight holds its key's newer state, which the index
     /// receives after the removal.
     pub fn purge_expired(&self) -> Result<u64> {
+        self.check_writable()?;
         self.poisoned()?;
         self.apply_pending(Apply::Wait)?;
         let mut total = 0;

@@ -85,6 +85,23 @@ pub enum Error {
     #[error("store is closed")]
     Closed,
 
+    /// The store was opened with [`Options::read_only`](crate::Options::read_only) and the
+    /// call would have written: a `begin` that would claim, a `complete`, `release`, `extend`
+    /// or `remove` that would change a record, `purge_expired`, `checkpoint`. Nothing was
+    /// changed. Calls that find nothing to write answer as on a writable store (a `begin` that
+    /// replays, `remove` of an absent key, a lost claim).
+    #[error("the store was opened read-only; this call would write")]
+    ReadOnly,
+
+    /// A read-only open found no store: the directory does not exist or holds no
+    /// `index.redb`. A read-only open never creates a directory or a store; a writable open
+    /// creates them instead of returning this.
+    #[error("no store at {path}: no index.redb found")]
+    NotFound {
+        /// The directory (or, for a simulated disk, its name).
+        path: String,
+    },
+
     /// An operating-system I/O error.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),

@@ -17,9 +17,12 @@ pub(crate) struct Background {
 }
 
 impl Shared {
-    /// Starts the thread if any periodic work is configured.
+    /// Starts the thread if any periodic work is configured (never on a read-only store).
     pub fn start_background(shared: &Arc<Shared>) {
         let options = &shared.options;
+        if options.read_only {
+            return;
+        }
         let periodic = match options.durability {
             Durability::Periodic(d) => Some(d),
             _ => None,

@@ -1,14 +1,16 @@
 //! Configuration: durability, retention, leases, limits and tuning.
 
 use std::fmt;
+use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
+use crate::index::INDEX_FILE;
 use crate::log::frame::MAX_OUTCOME_LIMIT;
-use crate::storage::{FsStorage, Storage};
+use crate::storage::{FsStorage, Overlay, Storage};
 use crate::store::Store;
 
 /// When a write is acknowledged, and so what a crash can take back.
@@ -53,6 +55,7 @@ pub struct Options {
     pub(crate) purge_interval: Option<Duration>,
     pub(crate) segment_size: u64,
     pub(crate) cache_size: usize,
+    pub(crate) read_only: bool,
 }
 
 impl Default for Options {
@@ -68,6 +71,7 @@ impl Default for Options {
             purge_interval: Some(Duration::from_secs(60)),
             segment_size: 64 << 20,
             cache_size: 256 << 20,
+            read_only: false,
         }
     }
 }
@@ -84,6 +88,7 @@ impl fmt::Debug for Options {
             .field("purge_interval", &self.purge_interval)
             .field("segment_size", &self.segment_size)
             .field("cache_size", &self.cache_size)
+            .field("read_only", &self.read_only)
             .finish_non_exhaustive()
     }
 }
@@ -164,8 +169,52 @@ impl Options {
         self
     }
 
-    /// Opens (creating if missing) the store in the directory `dir`.
+    /// Whether to open the store read-only: without changing a byte on disk, to look at it —
+    /// for operators' tools, and to inspect a crashed or damaged store as it is. Default false.
+    ///
+    /// The directory must already hold a store: a missing directory or one without
+    /// `index.redb` is [`Error::NotFound`], and nothing is created. Recovery runs as on any
+    /// open, but over a copy-on-write view of the files kept in memory: the log tail after
+    /// the checkpoint is replayed into it and a torn tail is cut from it, and the
+    /// [`RecoveryReport`](crate::RecoveryReport) says what a writable open would do, while the
+    /// files stay as they are. No background thread runs.
+    ///
+    /// Reads answer as usual: [`Store::get`], [`Store::in_progress`], [`Store::for_each`],
+    /// [`Store::stats`], and a [`Store::begin`] that finds the key completed, in progress or
+    /// mismatched. Every call that would write returns [`Error::ReadOnly`]; [`Store::sync`]
+    /// and [`Store::close`] succeed and write nothing.
+    ///
+    /// The directory's lock is still taken, so a running service (which holds it) gives
+    /// [`Error::Locked`]: a store is only read while no one writes it. What recovery writes
+    /// (the index pages the replayed log tail touches) is held in memory.
+    pub fn read_only(mut self, read_only: bool) -> Options {
+        self.read_only = read_only;
+        self
+    }
+
+    /// Opens the store in the directory `dir`, creating the directory and the store if they
+    /// are missing (unless [`read_only`](Options::read_only)).
     pub fn open(self, dir: impl AsRef<Path>) -> Result<Store> {
+        let dir = dir.as_ref();
+        if self.read_only {
+            // `FsStorage::new` would create a missing directory.
+            let no_store = || Error::NotFound {
+                path: dir.display().to_string(),
+            };
+            match dir.metadata() {
+                Ok(meta) if meta.is_dir() => {}
+                Ok(_) => return Err(no_store()),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                    ) =>
+                {
+                    return Err(no_store());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         let storage = FsStorage::new(dir)?;
         self.open_storage(storage)
     }
@@ -173,6 +222,15 @@ impl Options {
     /// Opens the store on any [`Storage`], such as a [`SimDisk`](crate::storage::SimDisk).
     pub fn open_storage(self, storage: impl Storage) -> Result<Store> {
         self.validate()?;
+        if self.read_only {
+            // Checked before the lock is taken: taking it may create the lock file.
+            if !storage.list()?.iter().any(|name| name == INDEX_FILE) {
+                return Err(Error::NotFound {
+                    path: storage.describe(),
+                });
+            }
+            return Store::open_with(self, Arc::new(Overlay::new(storage)));
+        }
         Store::open_with(self, Arc::new(storage))
     }
 

@@ -71,6 +71,10 @@ pub struct RecoveryReport {
     pub in_doubt: u64,
     /// How long the open took.
     pub duration: Duration,
+    /// Whether the store was opened [read-only](crate::Options::read_only): then all of the
+    /// above happened in memory only. A torn tail is reported but still on disk, and the next
+    /// writable open replays and cuts the same again.
+    pub read_only: bool,
 }
 
 /// The end of a log segment that a crash left incomplete and recovery cut off.
@@ -83,7 +87,8 @@ pub struct RecoveryReport {
 pub struct TornTail {
     /// The segment's file name.
     pub segment: String,
-    /// Where the damage started; the segment now ends here.
+    /// Where the damage started; the segment now ends here (on disk, unless the store was
+    /// opened read-only).
     pub offset: u64,
     /// How many bytes were removed.
     pub bytes_removed: u64,

@@ -46,7 +46,8 @@ impl Store {
         let lock = storage.try_lock()?.ok_or_else(|| Error::Locked {
             path: storage.describe(),
         })?;
-        let recovered = recover(&storage, options.cache_size, options.segment_size)?;
+        let mut recovered = recover(&storage, options.cache_size, options.segment_size)?;
+        recovered.report.read_only = options.read_only;
         let shared = Arc::new(Shared::new(Parts {
             options,
             storage,
@@ -332,11 +333,14 @@ impl Store {
     /// Checkpoints, syncs and closes the store. Other clones get [`Error::Closed`] from then
     /// on; the directory is unlocked once every clone is dropped. An `Err` means the final
     /// checkpoint or sync failed: everything acknowledged is still recovered from the log on
-    /// the next open.
+    /// the next open. A read-only store just closes.
     pub fn close(self) -> Result<()> {
         let shared = &*self.shared;
         shared.check_open()?;
-        let result = shared.checkpoint().and_then(|()| shared.sync_log());
+        let result = match shared.check_writable() {
+            Ok(()) => shared.checkpoint().and_then(|()| shared.sync_log()),
+            Err(_) => Ok(()),
+        };
         shared.closed.store(true, Ordering::SeqCst);
         shared.stop_background();
         shared.filters.stop();

@@ -4,6 +4,7 @@
 //! `cargo test --all-features`, which includes it; a plain `cargo test` skips it.
 #![cfg(feature = "cli")]
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -79,6 +80,18 @@ fn make_store(dir: &Path) {
 
 fn path(dir: &tempfile::TempDir) -> &str {
     dir.path().to_str().expect("UTF-8 temp path")
+}
+
+/// Every file in `dir` (the lock file included) and its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let name = entry.file_name().into_string().unwrap();
+            (name, std::fs::read(entry.path()).unwrap())
+        })
+        .collect()
 }
 
 #[test]
@@ -290,15 +303,24 @@ fn a_held_lock_is_one_line_and_a_nonzero_exit() {
     let dir = tempfile::tempdir().unwrap();
     make_store(dir.path());
     let store = Store::open(dir.path()).unwrap();
+    let get = [
+        "get",
+        path(&dir),
+        "--client",
+        "alice",
+        "--request",
+        "charge-1",
+    ];
     for args in [
         vec!["stats", path(&dir)],
         vec!["list", path(&dir)],
+        [&get[..], &["--resource", RESOURCE]].concat(),
         vec!["purge", path(&dir)],
         vec!["verify", path(&dir)],
     ] {
         let err = one_line_error(&idemstore(&args));
         assert!(err.contains("is locked"), "{args:?}: {err}");
-        assert!(err.contains("read-only opens are not supported"), "{err}");
+        assert!(err.contains("stop it and retry"), "{err}");
     }
     drop(store);
     assert!(idemstore(&["stats", path(&dir)]).status.success());
@@ -309,12 +331,21 @@ fn bad_input_is_one_line_and_never_creates_a_store() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing");
     let missing = missing.to_str().unwrap();
-    let err = one_line_error(&idemstore(&["stats", missing]));
-    assert!(err.contains("no such directory"), "{err}");
-    assert!(!Path::new(missing).exists(), "a store was created");
+    for command in ["stats", "list", "purge"] {
+        let err = one_line_error(&idemstore(&[command, missing]));
+        assert!(err.contains(&format!("no store at {missing}")), "{err}");
+        assert!(err.contains("no index.redb"), "{err}");
+        assert!(
+            !Path::new(missing).exists(),
+            "{command} created a directory"
+        );
+    }
 
-    let err = one_line_error(&idemstore(&["list", path(&dir)]));
-    assert!(err.contains("not an idemstore directory"), "{err}");
+    for command in ["stats", "list", "purge"] {
+        let err = one_line_error(&idemstore(&[command, path(&dir)]));
+        assert!(err.contains("no index.redb"), "{err}");
+        assert!(snapshot(dir.path()).is_empty(), "{command} created a file");
+    }
 
     make_store(dir.path());
     let args = ["get", path(&dir), "--client", "a", "--request", ""];
@@ -324,6 +355,77 @@ fn bad_input_is_one_line_and_never_creates_a_store() {
     let usage = idemstore(&["frobnicate"]);
     assert_eq!(usage.status.code(), Some(2));
     assert!(stderr(&usage).contains("unrecognized subcommand"));
+}
+
+#[test]
+fn reading_commands_leave_a_torn_store_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    make_store(dir.path());
+    // What a crash in the middle of a write leaves at the end of the log.
+    let segment = snapshot(dir.path())
+        .into_keys()
+        .filter(|n| n.ends_with(".log"))
+        .max()
+        .expect("a log segment");
+    let mut log = std::fs::read(dir.path().join(&segment)).unwrap();
+    let end = log.len();
+    log.extend_from_slice(b"\x01\x02 the rest of a write a crash cut short");
+    std::fs::write(dir.path().join(&segment), &log).unwrap();
+    let before = snapshot(dir.path());
+
+    let out = idemstore(&["stats", path(&dir)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("(read-only: in memory, nothing written)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("at offset {end} of {segment}")),
+        "{text}"
+    );
+    assert!(text.contains("left on disk"), "{text}");
+    let out = idemstore(&["stats", path(&dir), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json = stdout(&out);
+    assert!(
+        json.contains(r#""read_only":true,"torn_tail":{"segment""#),
+        "{json}"
+    );
+
+    let out = idemstore(&["list", path(&dir)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().count(), 3);
+    let get = [
+        "get",
+        path(&dir),
+        "--client",
+        "alice",
+        "--request",
+        "charge-1",
+    ];
+    let out = idemstore(&[&get[..], &["--resource", RESOURCE]].concat());
+    assert!(
+        stdout(&out).contains("state        completed"),
+        "{}",
+        stdout(&out)
+    );
+    let out = idemstore(&["verify", path(&dir)]);
+    assert!(stdout(&out).contains("torn log tail"), "{}", stdout(&out));
+    assert_eq!(
+        snapshot(dir.path()),
+        before,
+        "a reading command changed a file"
+    );
+
+    // A writing command recovers on disk: the tail is cut.
+    let out = idemstore(&["purge", path(&dir)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cut = std::fs::read(dir.path().join(&segment)).unwrap();
+    assert_eq!(&cut[..end], &log[..end]);
+    assert!(idemstore(&["stats", path(&dir)]).status.success());
+    let text = stdout(&idemstore(&["stats", path(&dir)]));
+    assert!(text.contains("torn tail    none"), "{text}");
 }
 
 #[test]

@@ -8,9 +8,12 @@
 //! cargo run --features cli --bin idemstore -- verify demo/store
 //! ```
 //!
-//! Every command but `verify` and `bench` opens the store normally: it takes the directory's
-//! lock (a store in use by a service answers "locked") and runs recovery like any open, which may
-//! cut off a torn log tail. The store has no read-only open yet.
+//! `stats`, `get` and `list` open the store read-only (`Options::read_only`): they take the
+//! directory's lock (a store in use by a service answers "locked") and recover in memory, so
+//! they show what a service would see without changing a byte on disk — a torn log tail is
+//! reported and left in place. `verify` reads the files without recovering. `purge` and
+//! `remove` open the store for writing, running recovery like any open (which may cut off a
+//! torn tail). No command creates a store.
 //!
 //! Exit codes: 0 done, 1 `verify` found damage, 2 an error (one line on stderr) or bad usage.
 
@@ -38,8 +41,10 @@ const INDEX_FILE: &str = "index.redb";
     version,
     about = "Inspect, check and maintain an idemstore directory",
     after_help = "Exit codes: 0 done, 1 `verify` found damage, 2 an error or bad usage.\n\
-                  Every command but `verify` and `bench` opens the store (taking its lock and \
-                  running recovery): stop the service that uses it first."
+                  Every command but `bench` takes the store's lock: stop the service that uses \
+                  it first. `stats`, `get`, `list` and `verify` change nothing on disk; `purge` \
+                  and `remove` write, and their open runs recovery (which may cut off a torn log \
+                  tail)."
 )]
 struct Cli {
     /// Print JSON instead of text (`list` always prints JSON lines).
@@ -214,8 +219,8 @@ const BROKEN_PIPE: &str = "broken pipe";
 fn run(cli: &Cli, out: &mut dyn Write) -> Result<ExitCode, Failure> {
     let json = cli.json;
     let result = match &cli.command {
-        Command::Stats { dir } => stats(&open(dir)?, dir, json, out),
-        Command::Get { dir, key } => get(&open(dir)?, &key.key()?, json, out),
+        Command::Stats { dir } => stats(&open(dir, Access::Read)?, dir, json, out),
+        Command::Get { dir, key } => get(&open(dir, Access::Read)?, &key.key()?, json, out),
         Command::List {
             dir,
             state,
@@ -237,11 +242,11 @@ fn run(cli: &Cli, out: &mut dyn Write) -> Result<ExitCode, Failure> {
                     "--in-doubt lists claims in progress; it contradicts --state completed".into(),
                 ));
             }
-            list(&open(dir)?, &filter, out)
+            list(&open(dir, Access::Read)?, &filter, out)
         }
         Command::Verify { dir } => return verify(dir, json, out),
         Command::Purge { dir } => {
-            let store = open(dir)?;
+            let store = open(dir, Access::Write)?;
             let purged = store.purge_expired()?;
             store.close()?;
             if json {
@@ -255,7 +260,7 @@ fn run(cli: &Cli, out: &mut dyn Write) -> Result<ExitCode, Failure> {
             }
         }
         Command::Remove { dir, key } => {
-            let store = open(dir)?;
+            let store = open(dir, Access::Write)?;
             let key = key.key()?;
             let removed = store.remove(&key)?;
             store.close()?;
@@ -295,20 +300,27 @@ fn run(cli: &Cli, out: &mut dyn Write) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// How a command opens the store.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Read-only: recovery in memory, nothing written.
+    Read,
+    /// For writing: recovery on disk, as a service's open.
+    Write,
+}
+
 /// Opens an existing store; never creates one (a mistyped path is an error, not a new store).
-fn open(dir: &Path) -> Result<Store, Failure> {
-    if !dir.is_dir() {
-        return Err(Failure(format!("{}: no such directory", dir.display())));
-    }
-    if !dir.join(INDEX_FILE).is_file() {
-        return Err(Failure(format!(
-            "{}: not an idemstore directory (no {INDEX_FILE})",
-            dir.display()
-        )));
-    }
-    Options::new()
+fn open(dir: &Path, access: Access) -> Result<Store, Failure> {
+    let options = Options::new()
         .purge_interval(None)
-        .checkpoint_interval(None)
+        .checkpoint_interval(None);
+    // A read-only open refuses a missing store itself; a writable one would create it.
+    if access == Access::Write && !dir.join(INDEX_FILE).is_file() {
+        let path = dir.display().to_string();
+        return Err(locked_or(Error::NotFound { path }, dir));
+    }
+    options
+        .read_only(access == Access::Read)
         .open(dir)
         .map_err(|e| locked_or(e, dir))
 }
@@ -318,9 +330,12 @@ fn locked_or(e: Error, dir: &Path) -> Failure {
     match e {
         Error::Locked { .. } => Failure(format!(
             "{} is locked: another process (a running service?) has the store open; \
-             stop it and retry (read-only opens are not supported yet)",
+             stop it and retry (reading takes the lock too, so that a store is never read \
+             while it is written)",
             dir.display()
         )),
+        // Names the directory itself.
+        e @ Error::NotFound { .. } => Failure(e.to_string()),
         other => Failure(format!("{}: {other}", dir.display())),
     }
 }
@@ -352,7 +367,8 @@ fn stats(store: &Store, dir: &Path, json: bool, out: &mut dyn Write) -> io::Resu
                 r#"{{"dir":{},"records":{},"in_progress":{},"last_lsn":{},"acknowledged_lsn":{},"#,
                 r#""checkpoint_lsn":{},"next_token":{},"segments":{},"current_segment_bytes":{},"#,
                 r#""recovery":{{"created":{},"checkpoint_lsn":{},"replayed":{},"last_lsn":{},"#,
-                r#""segments_read":{},"in_doubt":{},"duration_ms":{:.3},"torn_tail":{}}}}}"#
+                r#""segments_read":{},"in_doubt":{},"duration_ms":{:.3},"read_only":{},"#,
+                r#""torn_tail":{}}}}}"#
             ),
             json_str(&dir.display().to_string()),
             s.records,
@@ -370,6 +386,7 @@ fn stats(store: &Store, dir: &Path, json: bool, out: &mut dyn Write) -> io::Resu
             r.segments_read,
             r.in_doubt,
             r.duration.as_secs_f64() * 1000.0,
+            r.read_only,
             torn
         );
     }
@@ -387,13 +404,24 @@ fn stats(store: &Store, dir: &Path, json: bool, out: &mut dyn Write) -> io::Resu
     writeln!(out, "next token   {}", s.next_token)?;
     writeln!(
         out,
-        "this open    {:.1} ms: replayed {} log records after checkpoint {}, read {} segment(s)",
+        "this open    {:.1} ms{}: replayed {} log records after checkpoint {}, read {} segment(s)",
         r.duration.as_secs_f64() * 1000.0,
+        if r.read_only {
+            " (read-only: in memory, nothing written)"
+        } else {
+            ""
+        },
         r.replayed,
         r.checkpoint_lsn,
         r.segments_read
     )?;
     match torn {
+        Some(t) if r.read_only => writeln!(
+            out,
+            "torn tail    {} bytes ({} frames) at offset {} of {}: {}; left on disk, the next \
+             writable open (a service's, `purge`, `remove`) cuts it off",
+            t.bytes_removed, t.frames_discarded, t.offset, t.segment, t.reason
+        )?,
         Some(t) => writeln!(
             out,
             "torn tail    cut off {} bytes ({} frames) at offset {} of {}: {}",
@@ -555,7 +583,7 @@ fn verify_text(dir: &Path, report: &VerifyReport, out: &mut dyn Write) -> io::Re
     if let Some(t) = &report.torn_tail {
         writeln!(
             out,
-            "  note: torn log tail in {} at offset {} ({}); the next open cuts it off",
+            "  note: torn log tail in {} at offset {} ({}); the next writable open cuts it off",
             t.segment, t.offset, t.reason
         )?;
     }

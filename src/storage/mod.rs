@@ -5,6 +5,9 @@
 //! [`SimDisk`], an in-memory disk that can cut power (dropping, keeping or tearing every write
 //! not yet synced) and fail any call with EIO or ENOSPC. The crash and fault tests run the
 //! same store code on the simulated disk.
+//!
+//! A read-only open ([`Options::read_only`](crate::Options::read_only)) runs the store over a
+//! copy-on-write overlay of either (`overlay.rs`), which keeps every change in memory.
 
 use std::any::Any;
 use std::fmt;
@@ -12,9 +15,11 @@ use std::io;
 use std::sync::Arc;
 
 mod fs;
+mod overlay;
 mod sim;
 
 pub use fs::FsStorage;
+pub(crate) use overlay::Overlay;
 pub use sim::{CrashMode, Fault, FaultError, Op, SimDisk};
 
 /// A flat directory of named files, with the durability operations the store relies on.
