@@ -293,7 +293,8 @@ impl Shared {
             core.next_token += 1;
         }
         let encoded: Option<Arc<[u8]>> = entry.as_ref().map(|e| e.encode(key).into());
-        let mut payload = Vec::with_capacity(3 + key.len() + encoded.as_ref().map_or(0, |e| e.len()));
+        let mut payload =
+            Vec::with_capacity(3 + key.len() + encoded.as_ref().map_or(0, |e| e.len()));
         entry::encode(&mut payload, key, encoded.as_deref());
         let synced = self.synced_lsn.load(Ordering::Acquire);
         frame::encode(&mut core.frames, lsn, synced, &payload);

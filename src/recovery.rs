@@ -24,8 +24,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::error::{Error, Result};
 use crate::commit::{Recent, publish};
+use crate::error::{Error, Result};
 use crate::index::{Change, Checkpoint, INDEX_FILE, Index, is_in_progress};
 use crate::log::reader::{self, Tail};
 use crate::log::segment;
