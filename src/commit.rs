@@ -39,7 +39,8 @@ use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use crate::clock::to_nanos;
 use crate::decide::Policy;
 use crate::error::{Error, Result};
-use crate::filter::{self, Filters};
+use crate::filter::Filters;
+use crate::hash::{self, KeyHashBuilder};
 use crate::index::{Change, Checkpoint, Index, decode_entry};
 use crate::log::writer::Writer;
 use crate::log::{entry, frame};
@@ -95,7 +96,7 @@ pub(crate) struct Shared {
 type Acknowledged = (u64, Option<Arc<[u8]>>);
 
 /// The acknowledged layer: each key's latest change not yet in the index.
-pub(crate) type Recent = HashMap<Vec<u8>, Acknowledged>;
+pub(crate) type Recent = HashMap<Arc<[u8]>, Acknowledged, KeyHashBuilder>;
 
 /// Makes `changes` (in LSN order) each key's latest acknowledged state in `recent`.
 pub(crate) fn publish(recent: &mut Recent, changes: &[Change]) {
@@ -107,7 +108,7 @@ pub(crate) fn publish(recent: &mut Recent, changes: &[Change]) {
 /// Decision state and the batch being formed.
 pub(crate) struct Core {
     /// Changes written to the batch or the log but not yet acknowledged, by key.
-    in_flight: HashMap<Vec<u8>, InFlight>,
+    in_flight: HashMap<Vec<u8>, InFlight, KeyHashBuilder>,
     frames: Vec<u8>,
     changes: Vec<Change>,
     pub next_lsn: u64,
@@ -166,7 +167,7 @@ impl Shared {
                 retention: crate::clock::duration_nanos(parts.options.retention),
             },
             core: Mutex::new(Core {
-                in_flight: HashMap::new(),
+                in_flight: HashMap::default(),
                 frames: Vec::new(),
                 changes: Vec::new(),
                 next_lsn: parts.next_lsn,
@@ -248,17 +249,27 @@ impl Shared {
     /// Starts building a key filter sized for twice the keys there are now, unless a build
     /// is running. Takes `core` so that no write slips between the filter's installation and
     /// the scan of the keys in flight.
-    pub fn start_filter_build(&self, core: &Core) {
+    ///
+    /// `replayed_claims`, at open only: the hashes of the keys of the claims recovery
+    /// replayed, which stand in for a scan of `recent` (whose keys are all replayed): a key in
+    /// `recent` was either claimed after the checkpoint, or claimed before it and so is in the
+    /// index. Hashing them while the log is read is much cheaper than a walk of `recent`.
+    pub fn start_filter_build(&self, core: &Core, replayed_claims: Option<&[u64]>) {
         let indexed = self.index.counts().map_or(0, |(records, _)| records);
         let pending = (self.recent_len.load(Ordering::Acquire) + core.in_flight.len()) as u64;
         let Some(building) = self.filters.begin_build(2 * (indexed + pending)) else {
             return;
         };
         for key in core.in_flight.keys() {
-            building.insert(filter::hash(key));
+            building.insert(hash::hash(key));
         }
-        for key in self.recent.read().keys() {
-            building.insert(filter::hash(key));
+        match replayed_claims {
+            Some(hashes) => hashes.iter().for_each(|h| building.insert(*h)),
+            None => {
+                for key in self.recent.read().keys() {
+                    building.insert(hash::hash(key));
+                }
+            }
         }
         // Taken after `recent` was read: a key leaves `recent` only once a snapshot holds it.
         self.filters.spawn_build(building, self.index.snapshot());
@@ -283,7 +294,7 @@ impl Shared {
             // before the change can be seen (see `filter.rs`), and after a build starts: this
             // key is not in flight yet for the build to pick up.
             if self.filters.wants_rebuild() {
-                self.start_filter_build(&core);
+                self.start_filter_build(&core, None);
             }
             self.filters.insert(key);
         }
@@ -300,7 +311,7 @@ impl Shared {
         frame::encode(&mut core.frames, lsn, synced, &payload);
         core.changes.push(Change {
             lsn,
-            key: key.to_vec(),
+            key: Arc::from(key),
             entry: encoded,
         });
         core.in_flight.insert(key.to_vec(), InFlight { lsn, entry });

@@ -24,6 +24,7 @@ use std::thread::{self, JoinHandle};
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::hash::hash;
 use crate::index::{self, Snapshot};
 
 /// 64-bit words per block: one 512-bit cache line.
@@ -228,32 +229,6 @@ fn probes(hash: u64) -> impl Iterator<Item = (usize, u64)> {
     })
 }
 
-/// A fast 64-bit hash of a key's bytes (not cryptographic: the filter only needs spread).
-pub(crate) fn hash(key: &[u8]) -> u64 {
-    const K: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut h = (key.len() as u64).wrapping_mul(K);
-    let mut chunks = key.chunks_exact(8);
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        h = (h ^ u64::from_le_bytes(word))
-            .wrapping_mul(K)
-            .rotate_left(29);
-    }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut word = [0u8; 8];
-        word.iter_mut().zip(rest).for_each(|(w, b)| *w = *b);
-        h = (h ^ u64::from_le_bytes(word))
-            .wrapping_mul(K)
-            .rotate_left(29);
-    }
-    // splitmix64's finalizer: every input bit affects every output bit.
-    h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    h ^ (h >> 31)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,18 +268,5 @@ mod tests {
         assert_eq!(filter.capacity(), MIN_CAPACITY);
         assert!(filter.bytes() >= MIN_CAPACITY * BITS_PER_KEY / 8);
         assert!((0..10_000).all(|n| !filter.may_contain(hash(&key(n)))));
-    }
-
-    #[test]
-    fn the_hash_depends_on_every_byte_and_the_length() {
-        let base = key(7);
-        let h = hash(&base);
-        for i in 0..base.len() {
-            let mut changed = base.clone();
-            changed[i] ^= 1;
-            assert_ne!(hash(&changed), h, "byte {i}");
-        }
-        assert_ne!(hash(&base[..base.len() - 1]), h);
-        assert_ne!(hash(b""), hash(&[0]));
     }
 }

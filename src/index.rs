@@ -51,7 +51,8 @@ const STATE_IN_PROGRESS: u8 = 1;
 pub(crate) struct Change {
     /// The log record that made this change.
     pub lsn: u64,
-    pub key: Vec<u8>,
+    /// Shared with the acknowledged layer, like `entry`.
+    pub key: Arc<[u8]>,
     /// Shared with the acknowledged layer that serves reads until the change is applied.
     pub entry: Option<Arc<[u8]>>,
 }
@@ -149,12 +150,12 @@ impl Index {
                 let mut in_progress = txn.open_table(IN_PROGRESS)?;
                 let mut last: HashMap<&[u8], &Change> = HashMap::with_capacity(changes.len());
                 for change in changes {
-                    last.insert(&change.key, change);
+                    last.insert(&*change.key, change);
                 }
                 let mut ordered: Vec<&Change> = last.into_values().collect();
                 ordered.sort_unstable_by(|a, b| a.key.cmp(&b.key));
                 for change in ordered {
-                    let key = change.key.as_slice();
+                    let key = &*change.key;
                     let old = match &change.entry {
                         Some(entry) => records.insert(key, &**entry)?,
                         None => records.remove(key)?,

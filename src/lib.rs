@@ -55,6 +55,7 @@ mod decide;
 mod error;
 mod execute;
 mod filter;
+mod hash;
 mod index;
 mod key;
 mod log;

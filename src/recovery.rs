@@ -26,11 +26,12 @@ use std::time::Instant;
 
 use crate::commit::{Recent, publish};
 use crate::error::{Error, Result};
+use crate::hash;
 use crate::index::{Change, Checkpoint, INDEX_FILE, Index, is_in_progress};
 use crate::log::reader::{self, Tail};
 use crate::log::segment;
 use crate::log::writer::Writer;
-use crate::record::Entry;
+use crate::record::{Body, Entry};
 use crate::stats::RecoveryReport;
 use crate::storage::Storage;
 
@@ -45,6 +46,9 @@ pub(crate) struct Recovered {
     pub replayed: Vec<Change>,
     /// Each key's latest replayed change: what reads see until the index holds it.
     pub recent: Recent,
+    /// The key filter hashes of the keys of replayed claims (see
+    /// [`Shared::start_filter_build`](crate::commit::Shared::start_filter_build)).
+    pub claimed: Vec<u64>,
     pub report: RecoveryReport,
 }
 
@@ -92,17 +96,22 @@ pub(crate) fn recover(
 
     let mut max_token = 0u64;
     let mut changes: Vec<Change> = Vec::new();
+    let mut claimed = Vec::new();
     let log = reader::read(
         storage.as_ref(),
         checkpoint.lsn,
         false,
         |lsn, e, location| {
             if let Some(bytes) = e.entry {
-                max_token = max_token.max(Entry::decode(e.key, bytes, location)?.token);
+                let entry = Entry::decode(e.key, bytes, location)?;
+                max_token = max_token.max(entry.token);
+                if matches!(entry.body, Body::InProgress { .. }) {
+                    claimed.push(hash::hash(e.key));
+                }
             }
             changes.push(Change {
                 lsn,
-                key: e.key.to_vec(),
+                key: Arc::from(e.key),
                 entry: e.entry.map(Arc::from),
             });
             report.replayed += 1;
@@ -167,7 +176,7 @@ pub(crate) fn recover(
     }
     // Only what the index holds durably: the replayed records are not in it yet.
     writer.remove_behind(checkpoint.lsn)?;
-    let mut recent = Recent::with_capacity(changes.len());
+    let mut recent = Recent::with_capacity_and_hasher(changes.len(), Default::default());
     publish(&mut recent, &changes);
     // Claims open now: the replayed ones, and the index's whose key no replayed change moved on.
     let replayed_open = recent
@@ -177,7 +186,7 @@ pub(crate) fn recover(
     let indexed_open = index
         .in_progress()?
         .iter()
-        .filter(|(key, _)| !recent.contains_key(key))
+        .filter(|(key, _)| !recent.contains_key(key.as_slice()))
         .count();
     report.in_doubt = (replayed_open + indexed_open) as u64;
     report.duration = started.elapsed();
@@ -189,6 +198,7 @@ pub(crate) fn recover(
         checkpoint_lsn: checkpoint.lsn,
         replayed: changes,
         recent,
+        claimed,
         report,
     })
 }

@@ -48,6 +48,7 @@ impl Store {
         })?;
         let mut recovered = recover(&storage, options.cache_size, options.segment_size)?;
         recovered.report.read_only = options.read_only;
+        let claimed = std::mem::take(&mut recovered.claimed);
         let shared = Arc::new(Shared::new(Parts {
             options,
             storage,
@@ -62,7 +63,7 @@ impl Store {
             report: recovered.report,
         }));
         Shared::start_background(&shared);
-        shared.start_filter_build(&shared.core.lock());
+        shared.start_filter_build(&shared.core.lock(), Some(&claimed));
         Ok(Store { shared })
     }
 

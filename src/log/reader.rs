@@ -94,16 +94,20 @@ pub(crate) fn read(
         ..LogRead::default()
     };
     let last_index = segments.len().saturating_sub(1);
+    // One buffer for every segment: its pages are faulted in once, not once per segment.
+    let mut buffer = Vec::new();
     for (i, (first_lsn, name)) in segments.iter().enumerate().skip(first_needed) {
         let is_last = i == last_index;
         let location = |offset: usize| format!("{describe} segment {name} at offset {offset}");
         let file = storage.open(name, false)?;
         let len = usize::try_from(file.len()?).unwrap_or(usize::MAX);
-        let mut bytes = vec![0u8; len];
-        file.read_exact_at(&mut bytes, 0)?;
+        buffer.resize(len, 0);
+        let bytes = buffer.get_mut(..len).unwrap_or_default();
+        file.read_exact_at(bytes, 0)?;
+        let bytes = &*bytes;
         read.segments_read += 1;
 
-        match segment::parse_header(&bytes) {
+        match segment::parse_header(bytes) {
             Ok(lsn) if lsn == *first_lsn => {}
             Ok(lsn) => {
                 return Err(Error::corruption(
@@ -121,7 +125,7 @@ pub(crate) fn read(
                 ));
             }
             Err(BadHeader::Damaged) => {
-                if !is_last || !frame::valid_frames_after(&bytes, 0).is_empty() {
+                if !is_last || !frame::valid_frames_after(bytes, 0).is_empty() {
                     return Err(Error::corruption("segment header damaged", location(0)));
                 }
                 read.torn = Some(TornTail {
@@ -135,7 +139,7 @@ pub(crate) fn read(
             }
         }
 
-        let scan = segment::scan(&bytes);
+        let scan = segment::scan(bytes);
         let mut cut = scan.damage.map(|(at, why)| (at, why.describe()));
         for (k, (offset, f)) in scan.frames.iter().enumerate() {
             // Each frame follows the one before; a gap may only skip LSNs the checkpoint holds.
@@ -171,7 +175,7 @@ pub(crate) fn read(
                 return Err(Error::corruption(why, location(at)));
             }
             let damaged_lsn = read.last_lsn.map_or(*first_lsn, |l| l.wrapping_add(1));
-            let later = frame::valid_frames_after(&bytes, at);
+            let later = frame::valid_frames_after(bytes, at);
             if let Some((proof_at, proof)) = later.iter().find(|(_, f)| f.synced >= damaged_lsn) {
                 return Err(Error::corruption(
                     format!(
