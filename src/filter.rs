@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 
-use parking_lot::{Mutex, RwLock};
+use arc_swap::ArcSwapOption;
+use parking_lot::Mutex;
 
 use crate::hash::hash;
 use crate::index::{self, Snapshot};
@@ -107,8 +108,9 @@ impl KeyFilter {
 /// The filters of one store: the one lookups consult and the one being built.
 #[derive(Default)]
 pub(crate) struct Filters {
-    /// The filter lookups consult; `None` until the first build finishes.
-    ready: RwLock<Option<Arc<KeyFilter>>>,
+    /// The filter lookups consult; `None` until the first build finishes. Lock-free for
+    /// readers; replaced only under the `building` lock.
+    ready: ArcSwapOption<KeyFilter>,
     /// A filter being built: every write inserts into it too.
     building: Mutex<Option<Arc<KeyFilter>>>,
     /// The thread scanning the index into `building`.
@@ -137,14 +139,14 @@ impl Filters {
         if let Some(filter) = &*building {
             filter.insert(hash);
         }
-        if let Some(filter) = &*self.ready.read() {
+        if let Some(filter) = &*self.ready.load() {
             filter.insert(hash);
         }
     }
 
     /// False only if `key` certainly has no entry (true while no filter is ready).
     pub fn may_contain(&self, key: &[u8]) -> bool {
-        match &*self.ready.read() {
+        match &*self.ready.load() {
             Some(filter) => filter.may_contain(hash(key)),
             None => true,
         }
@@ -152,7 +154,7 @@ impl Filters {
 
     /// Whether the ready filter holds more keys than it was sized for and no build runs.
     pub fn wants_rebuild(&self) -> bool {
-        let full = self.ready.read().as_ref().is_some_and(|f| f.is_full());
+        let full = self.ready.load().as_ref().is_some_and(|f| f.is_full());
         full && self.building.lock().is_none()
     }
 
@@ -184,7 +186,7 @@ impl Filters {
                 let mut building = filters.building.lock();
                 // On an index error or a stop, the ready filter (if any) stays: still correct.
                 if matches!(scanned, Ok(true)) {
-                    *filters.ready.write() = Some(filter);
+                    filters.ready.store(Some(filter));
                     filters.builds.fetch_add(1, Ordering::Relaxed);
                 }
                 *building = None;
@@ -208,7 +210,7 @@ impl Filters {
     }
 
     pub fn stats(&self) -> FilterStats {
-        let ready = self.ready.read();
+        let ready = self.ready.load();
         FilterStats {
             ready: ready.is_some(),
             capacity: ready.as_ref().map_or(0, |f| f.capacity()),

@@ -19,7 +19,7 @@ use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use arc_swap::ArcSwap;
 use redb::{
     Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     StorageBackend, TableDefinition,
@@ -69,7 +69,8 @@ pub(crate) type Snapshot = Arc<ReadOnlyTable<&'static [u8], &'static [u8]>>;
 
 pub(crate) struct Index {
     // Declared first so that it drops before the database it reads.
-    snapshot: RwLock<Snapshot>,
+    /// Lock-free for readers: `get` on several threads shares no lock word here.
+    snapshot: ArcSwap<ReadOnlyTable<&'static [u8], &'static [u8]>>,
     db: Guarded<Database>,
 }
 
@@ -100,7 +101,7 @@ impl Index {
         })
         .map_err(damaged_on_open)?;
         Ok(Index {
-            snapshot: RwLock::new(Arc::new(snapshot)),
+            snapshot: ArcSwap::from_pointee(snapshot),
             db,
         })
     }
@@ -122,7 +123,7 @@ impl Index {
     /// Calls `f` with the encoded entry of `key`, without copying it.
     pub fn with_entry<T>(&self, key: &[u8], f: impl FnOnce(Option<&[u8]>) -> T) -> Result<T> {
         guarded(|| {
-            let table = self.snapshot.read().clone();
+            let table = self.snapshot.load();
             let guard = table.get(key)?;
             Ok(f(guard.as_ref().map(|v| v.value())))
         })
@@ -193,8 +194,8 @@ impl Index {
 
     /// Makes readers see the latest commit.
     fn refresh(&self) -> Result<()> {
-        let mut snapshot = self.snapshot.write();
-        *snapshot = Arc::new(self.db.begin_read()?.open_table(RECORDS)?);
+        self.snapshot
+            .store(Arc::new(self.db.begin_read()?.open_table(RECORDS)?));
         Ok(())
     }
 
@@ -264,13 +265,13 @@ impl Index {
 
     /// The latest published snapshot of the records.
     pub fn snapshot(&self) -> Snapshot {
-        self.snapshot.read().clone()
+        self.snapshot.load_full()
     }
 
     /// Calls `f` with every record in key order, stopping at its first error.
     pub fn for_each(&self, mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
         guarded(|| {
-            let table = self.snapshot.read().clone();
+            let table = self.snapshot.load_full();
             for row in table.iter()? {
                 let (key, entry) = row?;
                 f(key.value(), entry.value())?;
