@@ -60,6 +60,14 @@ const APPLY_CHUNK: usize = 2 * APPLY_BATCH;
 /// How many times a new leader yields while its batch is still growing.
 const GATHER_ROUNDS: usize = 8;
 
+/// A checkpoint that covers the whole log starts a new segment if the current one is at
+/// least this large, so that the log's disk is given back without waiting for the segment to
+/// fill.
+const ROLL_AT_CHECKPOINT: u64 = 1 << 20;
+
+/// Closing compacts the index only after TTL compaction removed at least this many records.
+const COMPACT_AFTER_PURGED: u64 = 1024;
+
 /// Expired records removed per index commit by TTL compaction: large enough that commit
 /// costs are small beside the removals, small enough that an apply waits briefly.
 const PURGE_CHUNK: usize = 8192;
@@ -272,7 +280,11 @@ impl Shared {
             }
         }
         // Taken after `recent` was read: a key leaves `recent` only once a snapshot holds it.
-        self.filters.spawn_build(building, self.index.snapshot());
+        match self.index.snapshot() {
+            Ok(snapshot) => self.filters.spawn_build(building, snapshot),
+            // Closed: no one will look anything up.
+            Err(_) => self.filters.cancel_build(),
+        }
     }
 
     /// Adds a change to the batch and waits until it is acknowledged.
@@ -501,10 +513,33 @@ impl Shared {
         io.bytes_since_checkpoint = 0;
         io.last_checkpoint = Instant::now();
         self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = io.writer.remove_behind(lsn) {
+        let covered = io.written_lsn == lsn;
+        let roll = covered && io.writer.footprint().1 >= ROLL_AT_CHECKPOINT;
+        // The current segment holds nothing the index lacks: start a new one so that the old
+        // one, and the disk it takes, goes now instead of when it fills up.
+        let done = match roll {
+            true => io.writer.roll(lsn + 1),
+            false => Ok(()),
+        };
+        if let Err(e) = done.and_then(|()| io.writer.remove_behind(lsn).map(drop)) {
             let e = Error::Io(e);
             self.fail(&e);
             return Err(e);
+        }
+        Ok(())
+    }
+
+    /// On close: compacts the index file (see [`Index::compact`]) when TTL compaction removed
+    /// at least a quarter as many records since open as remain, and at least
+    /// [`COMPACT_AFTER_PURGED`]: redb reuses freed pages but never shrinks its file.
+    pub fn compact_if_sparse(&self) -> Result<()> {
+        if self.options.read_only {
+            return Ok(());
+        }
+        let purged = self.counters.purged.load(Ordering::Relaxed);
+        let (records, _) = self.index.counts()?;
+        if purged >= COMPACT_AFTER_PURGED && purged >= records / 4 {
+            self.index.compact()?;
         }
         Ok(())
     }

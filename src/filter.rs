@@ -197,8 +197,13 @@ impl Filters {
                     let _ = done.join();
                 }
             }
-            Err(_) => *self.building.lock() = None,
+            Err(_) => self.cancel_build(),
         }
+    }
+
+    /// Forgets a build begun with [`Filters::begin_build`] that will not be spawned.
+    pub fn cancel_build(&self) {
+        *self.building.lock() = None;
     }
 
     /// Stops a running build and waits for its thread (before the index is closed).

@@ -19,7 +19,8 @@ use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
+use parking_lot::RwLock;
 use redb::{
     Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     StorageBackend, TableDefinition,
@@ -69,9 +70,11 @@ pub(crate) type Snapshot = Arc<ReadOnlyTable<&'static [u8], &'static [u8]>>;
 
 pub(crate) struct Index {
     // Declared first so that it drops before the database it reads.
-    /// Lock-free for readers: `get` on several threads shares no lock word here.
-    snapshot: ArcSwap<ReadOnlyTable<&'static [u8], &'static [u8]>>,
-    db: Guarded<Database>,
+    /// Lock-free for readers: `get` on several threads shares no lock word here. `None`
+    /// only while, and after, the store is closed and compacted.
+    snapshot: ArcSwapOption<ReadOnlyTable<&'static [u8], &'static [u8]>>,
+    /// Written only by [`Index::compact`], which needs the database to itself.
+    db: RwLock<Guarded<Database>>,
 }
 
 impl fmt::Debug for Index {
@@ -101,15 +104,15 @@ impl Index {
         })
         .map_err(damaged_on_open)?;
         Ok(Index {
-            snapshot: ArcSwap::from_pointee(snapshot),
-            db,
+            snapshot: ArcSwapOption::from_pointee(snapshot),
+            db: RwLock::new(db),
         })
     }
 
     /// The last checkpoint, or zeros for a new index.
     pub fn checkpoint(&self) -> Result<Checkpoint> {
         guarded(|| {
-            let txn = self.db.begin_read()?;
+            let txn = self.db.read().begin_read()?;
             let meta = txn.open_table(META)?;
             let read =
                 |name| -> Result<u64> { Ok(meta.get(name)?.map(|v| v.value()).unwrap_or(0)) };
@@ -124,6 +127,7 @@ impl Index {
     pub fn with_entry<T>(&self, key: &[u8], f: impl FnOnce(Option<&[u8]>) -> T) -> Result<T> {
         guarded(|| {
             let table = self.snapshot.load();
+            let table = table.as_ref().ok_or(Error::Closed)?;
             let guard = table.get(key)?;
             Ok(f(guard.as_ref().map(|v| v.value())))
         })
@@ -135,7 +139,7 @@ impl Index {
     /// non-durable commit that a crash may undo.
     pub fn apply(&self, changes: &[Change], checkpoint: Option<Checkpoint>) -> Result<()> {
         guarded(|| {
-            let mut txn = self.db.begin_write()?;
+            let mut txn = self.db.read().begin_write()?;
             let durability = match checkpoint {
                 Some(_) => {
                     txn.set_quick_repair(true);
@@ -194,8 +198,9 @@ impl Index {
 
     /// Makes readers see the latest commit.
     fn refresh(&self) -> Result<()> {
-        self.snapshot
-            .store(Arc::new(self.db.begin_read()?.open_table(RECORDS)?));
+        self.snapshot.store(Some(Arc::new(
+            self.db.read().begin_read()?.open_table(RECORDS)?,
+        )));
         Ok(())
     }
 
@@ -203,7 +208,7 @@ impl Index {
     /// number removed and whether rows at or before `now` remain.
     pub fn purge(&self, now: u64, limit: usize) -> Result<(u64, bool)> {
         guarded(|| {
-            let mut txn = self.db.begin_write()?;
+            let mut txn = self.db.read().begin_write()?;
             txn.set_durability(Durability::None)
                 .map_err(|e| Error::Index(Box::new(e.into())))?;
             let mut removed = 0u64;
@@ -249,7 +254,7 @@ impl Index {
     /// The keys with a claim in progress, with their encoded entries.
     pub fn in_progress(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         guarded(|| {
-            let txn = self.db.begin_read()?;
+            let txn = self.db.read().begin_read()?;
             let keys = txn.open_table(IN_PROGRESS)?;
             let records = txn.open_table(RECORDS)?;
             let mut out = Vec::new();
@@ -263,15 +268,34 @@ impl Index {
         })
     }
 
+    /// Gives the file's free pages back (redb's compaction), when nothing reads the index:
+    /// for a closed store only, since readers would wait for it. Returns whether it ran; a
+    /// reader still holding a snapshot makes it skip.
+    pub fn compact(&self) -> Result<bool> {
+        guarded(|| {
+            let mut db = self.db.write();
+            // Our own snapshot is a read transaction too.
+            drop(self.snapshot.swap(None));
+            let compacted = match db.compact() {
+                Ok(done) => done,
+                Err(redb::CompactionError::TransactionInProgress) => false,
+                Err(e) => return Err(redb::Error::from(e).into()),
+            };
+            self.snapshot
+                .store(Some(Arc::new(db.begin_read()?.open_table(RECORDS)?)));
+            Ok(compacted)
+        })
+    }
+
     /// The latest published snapshot of the records.
-    pub fn snapshot(&self) -> Snapshot {
-        self.snapshot.load_full()
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        self.snapshot.load_full().ok_or(Error::Closed)
     }
 
     /// Calls `f` with every record in key order, stopping at its first error.
     pub fn for_each(&self, mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
         guarded(|| {
-            let table = self.snapshot.load_full();
+            let table = self.snapshot()?;
             for row in table.iter()? {
                 let (key, entry) = row?;
                 f(key.value(), entry.value())?;
@@ -283,7 +307,7 @@ impl Index {
     /// How many records and in-progress claims the index holds.
     pub fn counts(&self) -> Result<(u64, u64)> {
         guarded(|| {
-            let txn = self.db.begin_read()?;
+            let txn = self.db.read().begin_read()?;
             Ok((
                 txn.open_table(RECORDS)?.len()?,
                 txn.open_table(IN_PROGRESS)?.len()?,
@@ -438,6 +462,12 @@ impl<D> std::ops::Deref for Guarded<D> {
 
     fn deref(&self) -> &D {
         self.0.as_ref().expect("only taken on drop")
+    }
+}
+
+impl<D> std::ops::DerefMut for Guarded<D> {
+    fn deref_mut(&mut self) -> &mut D {
+        self.0.as_mut().expect("only taken on drop")
     }
 }
 

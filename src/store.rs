@@ -333,8 +333,13 @@ impl Store {
 
     /// Checkpoints, syncs and closes the store. Other clones get [`Error::Closed`] from then
     /// on; the directory is unlocked once every clone is dropped. An `Err` means the final
-    /// checkpoint or sync failed: everything acknowledged is still recovered from the log on
-    /// the next open. A read-only store just closes.
+    /// checkpoint, sync or compaction failed: everything acknowledged is still recovered
+    /// from the log on the next open. A read-only store just closes.
+    ///
+    /// If TTL compaction removed at least a quarter as many records since open as remain
+    /// (and at least 1024), closing also compacts the index file: redb reuses the pages that
+    /// removals free but never shrinks its file on its own. That takes time in proportion to
+    /// the index.
     pub fn close(self) -> Result<()> {
         let shared = &*self.shared;
         shared.check_open()?;
@@ -345,7 +350,7 @@ impl Store {
         shared.closed.store(true, Ordering::SeqCst);
         shared.stop_background();
         shared.filters.stop();
-        result
+        result.and_then(|()| shared.compact_if_sparse())
     }
 }
 

@@ -5,7 +5,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{claim, clock, completed, key, options, sim_store};
+use common::{claim, clock, complete_all, completed, key, options, sim_store, uncheckpointed};
 use idemstore::storage::{CrashMode, Fault, FaultError, Op, SimDisk};
 use idemstore::{Begin, Error, Store};
 
@@ -189,10 +189,7 @@ fn dump(store: &Store) -> Vec<idemstore::Record> {
 fn power_cut_during_recovery_then_reopen_gives_the_same_state() {
     let clock = clock();
     let disk = SimDisk::new("t");
-    let store = options(&clock)
-        .checkpoint_bytes(u64::MAX)
-        .open_storage(disk.clone())
-        .unwrap();
+    let store = uncheckpointed(&disk, &clock);
     for n in 0..30 {
         let c = claim(&store, &key(n), b"req");
         store.complete(&c, format!("o{n}").as_bytes()).unwrap();
@@ -228,10 +225,7 @@ fn power_cut_during_recovery_then_reopen_gives_the_same_state() {
 fn recovery_interrupted_by_failures_at_every_step_converges() {
     let clock = clock();
     let disk = SimDisk::new("t");
-    let store = options(&clock)
-        .checkpoint_bytes(u64::MAX)
-        .open_storage(disk.clone())
-        .unwrap();
+    let store = uncheckpointed(&disk, &clock);
     for n in 0..20 {
         let c = claim(&store, &key(n), b"req");
         store.complete(&c, format!("o{n}").as_bytes()).unwrap();
@@ -271,4 +265,41 @@ fn copy(disk: &SimDisk) -> SimDisk {
         image.write_file(&name, disk.read_file(&name).unwrap());
     }
     image
+}
+
+/// A checkpoint that covers the whole log starts a new segment once the current one holds a
+/// megabyte or more, and removes the old one: the log's disk comes back without waiting for
+/// a 64 MiB segment to fill. The power may go at once: nothing is lost.
+#[test]
+fn a_checkpoint_covering_the_log_gives_its_disk_back() {
+    let clock = clock();
+    let disk = SimDisk::new("t");
+    let store = uncheckpointed(&disk, &clock);
+    let outcome = vec![b'o'; 1500];
+    complete_all(&store, 0..800, &outcome);
+    let logs = |disk: &SimDisk| {
+        disk.file_names()
+            .into_iter()
+            .filter(|n| n.ends_with(".log"))
+            .collect::<Vec<_>>()
+    };
+    let before = logs(&disk);
+    assert_eq!(before.len(), 1);
+    assert!(store.stats().unwrap().current_segment_bytes > 1 << 20);
+    store.checkpoint().unwrap();
+    let after = logs(&disk);
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(after, before, "the covered segment was not replaced");
+    assert!(store.stats().unwrap().current_segment_bytes < 4096);
+    // A small log is left alone: another checkpoint keeps the new segment.
+    store.checkpoint().unwrap();
+    assert_eq!(logs(&disk), after);
+
+    disk.power_cut(CrashMode::DropUnsynced);
+    drop(store);
+    let store = sim_store(&disk, &clock);
+    assert_eq!(store.recovery_report().replayed, 0);
+    for n in 0..800 {
+        assert_eq!(completed(&store, &key(n), b"req").data(), &outcome[..]);
+    }
 }

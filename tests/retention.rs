@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{claim, clock, key, options, sim_store};
+use common::{claim, clock, complete_all, completed, key, options, sim_store};
 use idemstore::storage::SimDisk;
 use idemstore::{Begin, Durability};
 
@@ -114,4 +114,41 @@ fn background_compaction_runs_on_its_interval() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(store.stats().unwrap().purged, 1);
+}
+
+/// Closing after a large purge compacts the index file: redb reuses freed pages but never
+/// shrinks its file by itself.
+#[test]
+fn closing_after_a_large_purge_shrinks_the_index_file() {
+    let clock = clock();
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        options(&clock)
+            .durability(Durability::None)
+            .open(dir.path())
+            .unwrap()
+    };
+    let store = open();
+    let outcome = vec![b'x'; 1000];
+    complete_all(&store, 0..6_000, &outcome);
+    clock.advance(Duration::from_secs(50));
+    complete_all(&store, 6_000..7_000, &outcome);
+    store.close().unwrap();
+    let index = dir.path().join("index.redb");
+    let full = std::fs::metadata(&index).unwrap().len();
+
+    let store = open();
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(store.purge_expired().unwrap(), 6_000);
+    store.close().unwrap();
+    let compacted = std::fs::metadata(&index).unwrap().len();
+    assert!(
+        compacted * 2 < full,
+        "index file {full} bytes before the purge, {compacted} after closing"
+    );
+    let store = open();
+    for n in 6_000..7_000 {
+        assert_eq!(completed(&store, &key(n), b"req").data(), &outcome[..]);
+    }
+    assert!(store.get(&key(0)).unwrap().is_none());
 }

@@ -46,13 +46,18 @@ pub fn completed(store: &Store, key: &Key, request: &[u8]) -> Outcome {
     }
 }
 
+/// A store on `disk` that never checkpoints on its own.
+pub fn uncheckpointed(disk: &SimDisk, clock: &ManualClock) -> Store {
+    options(clock)
+        .checkpoint_bytes(u64::MAX)
+        .open_storage(disk.clone())
+        .expect("open simulated store")
+}
+
 /// A store on `disk` that never checkpoints on its own, holding `records` completed keys
 /// (`key(n)` with request `req` and outcome `outcome-n`).
 pub fn filled(disk: &SimDisk, records: u64) -> Store {
-    let store = options(&clock())
-        .checkpoint_bytes(u64::MAX)
-        .open_storage(disk.clone())
-        .expect("open simulated store");
+    let store = uncheckpointed(disk, &clock());
     for n in 0..records {
         let c = claim(&store, &key(n), b"req");
         store
@@ -60,6 +65,14 @@ pub fn filled(disk: &SimDisk, records: u64) -> Store {
             .expect("complete");
     }
     store
+}
+
+/// Claims and completes `key(n)` for every `n` in `keys`, with request `req`.
+pub fn complete_all(store: &Store, keys: std::ops::Range<u64>, outcome: &[u8]) {
+    for n in keys {
+        let c = claim(store, &key(n), b"req");
+        store.complete(&c, outcome).expect("complete");
+    }
 }
 
 /// The name of the newest log segment on `disk`.
