@@ -23,3 +23,11 @@ fn injected_io_errors_fail_calls_poison_the_handle_and_lose_nothing() {
     );
     assert!(tally.restarts > 0 && tally.crashes > 0, "{tally:?}");
 }
+
+/// Found by the `io_faults` fuzzer once recovery stopped writing the index: a fault injected
+/// for a recovery that recovery never reached fired in the checks after it, which read.
+#[test]
+fn a_fault_armed_for_recovery_is_disarmed_after_the_open() {
+    let found = include_bytes!("../fuzz/corpus/io_faults/seed-fault-armed-after-open");
+    assert_eq!(model::io_faults(found).runs, 1);
+}
