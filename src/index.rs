@@ -27,7 +27,7 @@ use redb::{
 };
 
 use crate::error::{Error, Result};
-use crate::key::hex;
+use crate::key::describe;
 use crate::record::{Entry, le_u64};
 use crate::storage::StorageFile;
 
@@ -424,7 +424,7 @@ pub(crate) fn is_in_progress(entry: Option<&[u8]>) -> bool {
 /// Decodes an encoded entry, naming the index as the location on damage.
 pub(crate) fn decode_entry(key: &[u8], bytes: &[u8]) -> Result<Entry> {
     Entry::decode(key, bytes, &|| {
-        format!("{INDEX_FILE} record for key {}", hex(key))
+        format!("{INDEX_FILE} record for key {}", describe(key))
     })
 }
 

@@ -133,6 +133,15 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().take(64).map(|b| format!("{b:02x}")).collect()
 }
 
+/// An encoded key for messages: `client/request/resource` when it decodes (with its bytes
+/// in hex, since the parts may hold `/` or be binary), else just the hex.
+pub(crate) fn describe(encoded: &[u8]) -> String {
+    match Key::decode(encoded) {
+        Some(key) => format!("{key} (0x{})", hex(encoded)),
+        None => format!("0x{}", hex(encoded)),
+    }
+}
+
 /// A 32-byte blake3 hash of a request, stored with its claim so that a retry carrying a
 /// different request under the same key is answered with [`Begin::Mismatch`](crate::Begin).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]

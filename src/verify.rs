@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use crate::clock::to_nanos;
 use crate::error::{Error, Result};
 use crate::index::{self, INDEX_FILE};
-use crate::key::hex;
+use crate::key::describe;
 use crate::log::reader;
 use crate::record::Entry;
 use crate::stats::TornTail;
@@ -91,7 +91,7 @@ pub fn verify(storage: impl Storage) -> Result<VerifyReport> {
     report.checkpoint_lsn = checkpoint;
     for (key, what) in check.problems {
         report.problems.push(Problem {
-            location: format!("{INDEX_FILE} key {}", hex(&key)),
+            location: format!("{INDEX_FILE} key {}", describe(&key)),
             what,
         });
     }
@@ -110,12 +110,15 @@ pub fn verify(storage: impl Storage) -> Result<VerifyReport> {
         Ok(())
     });
     report.frames = frames;
+    // Only a log read to its end says what the index must hold.
+    let mut log_complete = false;
     match read {
         Err(Error::Corruption { what, location }) => {
             report.problems.push(Problem { location, what });
         }
         Err(e) => return Err(e),
         Ok(log) => {
+            log_complete = true;
             report.segments = log.segments_read;
             report.last_lsn = log.last_lsn.unwrap_or(0);
             if let Some(torn) = &log.torn
@@ -134,10 +137,10 @@ pub fn verify(storage: impl Storage) -> Result<VerifyReport> {
         }
     }
 
-    if !report.index_needs_recovery {
+    if log_complete && !report.index_needs_recovery {
         let now = to_nanos(SystemTime::now());
         for (key, logged) in covered {
-            let location = format!("{INDEX_FILE} key {}", hex(&key));
+            let location = format!("{INDEX_FILE} key {}", describe(&key));
             match (logged, indexed.get(&key)) {
                 (Some(logged), Some(stored)) if &logged == stored => {}
                 (None, None) => {}

@@ -12,6 +12,22 @@ fn closed_store(records: u64) -> SimDisk {
     disk
 }
 
+/// A closed store of `records` keys whose log was replaced by one from another history, in
+/// which `keys` were completed with another request and outcome.
+fn with_another_history(records: u64, keys: std::ops::Range<u64>) -> SimDisk {
+    let disk = closed_store(records);
+    let other = closed_store(0);
+    let store = options(&clock()).open_storage(other.clone()).unwrap();
+    for n in keys {
+        let c = claim(&store, &key(n), b"other request");
+        store.complete(&c, b"other outcome").unwrap();
+    }
+    store.close().unwrap();
+    let name = last_segment(&disk);
+    disk.write_file(&name, other.read_file(&last_segment(&other)).unwrap());
+    disk
+}
+
 #[test]
 fn a_clean_store_verifies() {
     let disk = closed_store(10);
@@ -57,18 +73,7 @@ fn a_flipped_last_record_is_reported_because_the_checkpoint_covers_it() {
 
 #[test]
 fn the_index_disagreeing_with_the_log_is_reported() {
-    let disk = closed_store(3);
-    // Replace the log with one from another history of the same keys.
-    let other = closed_store(0);
-    let store = options(&clock()).open_storage(other.clone()).unwrap();
-    for n in 0..3 {
-        let c = claim(&store, &key(n), b"other request");
-        store.complete(&c, b"other outcome").unwrap();
-    }
-    store.close().unwrap();
-    let name = last_segment(&disk);
-    disk.write_file(&name, other.read_file(&last_segment(&other)).unwrap());
-    let report = verify(disk).unwrap();
+    let report = verify(with_another_history(3, 0..3)).unwrap();
     assert!(
         report
             .problems
@@ -84,4 +89,34 @@ fn verify_refuses_an_open_store() {
     let disk = SimDisk::new("t");
     let _store = options(&clock()).open_storage(disk.clone()).unwrap();
     assert!(matches!(verify(disk), Err(Error::Locked { .. })));
+}
+
+/// Damage in the middle of the log stops the read there: the records after it are unknown,
+/// so the index is not compared with a log cut short (which would call every key completed
+/// after the damage a disagreement).
+#[test]
+fn damage_mid_log_is_one_problem_not_a_flood() {
+    let disk = closed_store(40);
+    let name = last_segment(&disk);
+    let mut log = disk.read_file(&name).unwrap();
+    let middle = log.len() / 2;
+    log[middle] ^= 0x20;
+    disk.write_file(&name, log);
+    let report = verify(disk).unwrap();
+    assert_eq!(report.problems.len(), 1, "{:#?}", report.problems);
+    assert!(report.problems[0].location.contains(&name));
+    assert!(report.frames > 10 && report.frames < 80, "{report:?}");
+}
+
+#[test]
+fn index_problems_name_the_key_readably() {
+    let report = verify(with_another_history(3, 1..2)).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.location.contains("client/req-1/POST /charges")),
+        "{:?}",
+        report.problems
+    );
 }
