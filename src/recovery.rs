@@ -14,7 +14,8 @@
 //!    again.
 //! 3. Cut a torn tail: truncate the last segment where the damage starts (or remove a
 //!    segment whose creation was cut short); report it in [`RecoveryReport::torn_tail`]. Sync
-//!    the last segment either way: what was read back may have come from the page cache.
+//!    the last segment and the directory either way: what was read back, and the names of
+//!    the files, may have come from the page cache.
 //! 4. A new or rebuilt index gets its first checkpoint (still the old LSN: nothing is
 //!    applied yet); segments behind the checkpoint are removed.
 //! 5. Continue the log in the last segment, or in a new one where the checkpoint is ahead of
@@ -136,6 +137,10 @@ pub(crate) fn recover(
     if let Some(tail) = &log.tail {
         tail.file.sync_data()?;
     }
+    // So may the names: a segment whose creation failed before its directory sync (a failed
+    // roll) is adopted as the tail here, and what is written into it next must not vanish
+    // with its name in a power cut.
+    storage.sync_dir()?;
 
     let last_lsn = log.last_lsn.unwrap_or(0).max(checkpoint.lsn);
     let next_lsn = last_lsn + 1;
