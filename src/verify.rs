@@ -69,10 +69,8 @@ pub fn verify_dir(dir: impl AsRef<Path>) -> Result<VerifyReport> {
 
 /// Verifies the store on `storage`; see [`verify_dir`].
 pub fn verify(storage: impl Storage) -> Result<VerifyReport> {
-    let _lock = storage.try_lock()?.ok_or_else(|| Error::Locked {
-        path: storage.describe(),
-    })?;
     let mut report = VerifyReport::default();
+    // Before the lock, whose file a directory that holds no store should not gain.
     if !storage.list()?.iter().any(|n| n == INDEX_FILE) {
         report.problems.push(Problem {
             location: storage.describe(),
@@ -80,6 +78,9 @@ pub fn verify(storage: impl Storage) -> Result<VerifyReport> {
         });
         return Ok(report);
     }
+    let _lock = storage.try_lock()?.ok_or_else(|| Error::Locked {
+        path: storage.describe(),
+    })?;
 
     let mut indexed: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
     let check = index::check_read_only(storage.open(INDEX_FILE, false)?, |key, value| {

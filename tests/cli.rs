@@ -346,6 +346,10 @@ fn bad_input_is_one_line_and_never_creates_a_store() {
         assert!(err.contains("no index.redb"), "{err}");
         assert!(snapshot(dir.path()).is_empty(), "{command} created a file");
     }
+    let verify = idemstore(&["verify", path(&dir)]);
+    assert_eq!(verify.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("no index.redb"));
+    assert!(snapshot(dir.path()).is_empty(), "verify created a file");
 
     make_store(dir.path());
     let args = ["get", path(&dir), "--client", "a", "--request", ""];
