@@ -41,6 +41,9 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 const META_CHECKPOINT_LSN: &str = "checkpoint_lsn";
 const META_NEXT_TOKEN: &str = "next_token";
+/// CRC32 of `checkpoint_lsn` and `next_token` (little-endian, in that order): redb does not
+/// check what it reads, and a damaged `next_token` would hand out fencing tokens again.
+const META_CHECKSUM: &str = "checkpoint_crc";
 
 /// Offset of `expires_at` and of the state byte in an encoded entry (see `record.rs`).
 const ENTRY_EXPIRES_AT: usize = 54;
@@ -113,13 +116,7 @@ impl Index {
     pub fn checkpoint(&self) -> Result<Checkpoint> {
         guarded(|| {
             let txn = self.db.read().begin_read()?;
-            let meta = txn.open_table(META)?;
-            let read =
-                |name| -> Result<u64> { Ok(meta.get(name)?.map(|v| v.value()).unwrap_or(0)) };
-            Ok(Checkpoint {
-                lsn: read(META_CHECKPOINT_LSN)?,
-                next_token: read(META_NEXT_TOKEN)?,
-            })
+            read_checkpoint(&txn.open_table(META)?)
         })
     }
 
@@ -189,6 +186,7 @@ impl Index {
                     let mut meta = txn.open_table(META)?;
                     meta.insert(META_CHECKPOINT_LSN, cp.lsn)?;
                     meta.insert(META_NEXT_TOKEN, cp.next_token)?;
+                    meta.insert(META_CHECKSUM, checkpoint_crc(cp))?;
                 }
             }
             txn.commit()?;
@@ -316,6 +314,36 @@ impl Index {
     }
 }
 
+fn checkpoint_crc(cp: Checkpoint) -> u64 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&cp.lsn.to_le_bytes());
+    hasher.update(&cp.next_token.to_le_bytes());
+    u64::from(hasher.finalize())
+}
+
+/// Reads the checkpoint from the `meta` table and checks its checksum: a new index has none
+/// of the three rows; any other combination that does not check out is corruption.
+fn read_checkpoint(meta: &impl ReadableTable<&'static str, u64>) -> Result<Checkpoint> {
+    let read = |name| -> Result<Option<u64>> { Ok(meta.get(name)?.map(|v| v.value())) };
+    let (lsn, next_token, crc) = (
+        read(META_CHECKPOINT_LSN)?,
+        read(META_NEXT_TOKEN)?,
+        read(META_CHECKSUM)?,
+    );
+    let checkpoint = Checkpoint {
+        lsn: lsn.unwrap_or(0),
+        next_token: next_token.unwrap_or(0),
+    };
+    match (lsn, next_token, crc) {
+        (None, None, None) => Ok(checkpoint),
+        (_, _, Some(crc)) if crc == checkpoint_crc(checkpoint) => Ok(checkpoint),
+        _ => Err(Error::corruption(
+            "index checkpoint record damaged (checkpoint_lsn, next_token and their checksum disagree)",
+            format!("{INDEX_FILE} meta table"),
+        )),
+    }
+}
+
 /// Calls `f` with every key of `snapshot` in order while it returns true. Returns whether it
 /// saw them all.
 pub(crate) fn scan_keys(snapshot: &Snapshot, mut f: impl FnMut(&[u8]) -> bool) -> Result<bool> {
@@ -372,11 +400,11 @@ fn check_tables(
     let meta = txn
         .open_table(META)
         .map_err(|e| damaged_on_open(e.into()))?;
-    let read = |name| -> Result<u64> { Ok(meta.get(name)?.map(|v| v.value()).unwrap_or(0)) };
-    check.checkpoint = Some(Checkpoint {
-        lsn: read(META_CHECKPOINT_LSN)?,
-        next_token: read(META_NEXT_TOKEN)?,
-    });
+    match read_checkpoint(&meta) {
+        Ok(checkpoint) => check.checkpoint = Some(checkpoint),
+        Err(Error::Corruption { what, .. }) => check.problems.push((Vec::new(), what)),
+        Err(e) => return Err(e),
+    }
     let table = |e: redb::TableError| damaged_on_open(e.into());
     let records = txn.open_table(RECORDS).map_err(table)?;
     let expiry = txn.open_table(EXPIRY).map_err(table)?;

@@ -73,8 +73,10 @@ pub(crate) fn recover(
         created,
         ..RecoveryReport::default()
     };
-    let index = match Index::open(index_file, cache_size) {
-        Ok(index) => index,
+    let opened =
+        Index::open(index_file, cache_size).and_then(|index| Ok((index.checkpoint()?, index)));
+    let (checkpoint, index) = match opened {
+        Ok(opened) => opened,
         // A damaged index with a log that holds every change since the store was created (its
         // first segment starts at LSN 1) is rebuilt from the log, losing nothing. With a
         // trimmed log, or none, it stays an error.
@@ -88,11 +90,11 @@ pub(crate) fn recover(
             let file = storage.open(INDEX_FILE, true)?;
             storage.sync_dir()?;
             report.index_rebuilt = true;
-            Index::open(file, cache_size)?
+            let index = Index::open(file, cache_size)?;
+            (index.checkpoint()?, index)
         }
         Err(e) => return Err(e),
     };
-    let checkpoint = index.checkpoint()?;
     report.checkpoint_lsn = checkpoint.lsn;
 
     let mut max_token = 0u64;

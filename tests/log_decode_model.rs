@@ -57,3 +57,13 @@ fn damaged_table_definitions_found_by_the_fuzzer_are_corruption() {
         assert_eq!(model::log_decode(&model::seed_input(seed, LEN)).runs, 1);
     }
 }
+
+/// Found by the `log_decode` fuzzer: a damaged `index.redb` whose `meta` table still opened
+/// but gave `next_token` 1 where tokens up to 2 were stored, so the next claim reused a
+/// fencing token. The checkpoint row now carries a checksum: the damage is corruption, and
+/// with the whole log beside it the index is rebuilt (the model checks the next token).
+#[test]
+fn a_damaged_next_token_never_hands_out_a_token_again() {
+    let found = include_bytes!("../fuzz/corpus/log_decode/seed-damaged-next-token");
+    assert_eq!(model::log_decode(found).runs, 1);
+}
