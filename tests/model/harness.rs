@@ -394,6 +394,12 @@ impl<'a> Harness<'a> {
             self.tally.torn_tails += 1;
         }
         self.trace(|| format!("opened: {:?}", store.recovery_report()));
+        let report = store.recovery_report();
+        assert_eq!(
+            report.replayed,
+            report.last_lsn.saturating_sub(report.checkpoint_lsn),
+            "recovery replayed records the checkpoint covers, or skipped some: {report:?}"
+        );
         self.store = Some(store);
         self.check_against_model();
         if !self.faults && self.input.chance(96) {
