@@ -13,9 +13,10 @@
 //!    (`Durability::Immediate`), publishes the batch in the *acknowledged* layer (`recent`,
 //!    which `get` reads before the index), queues it for the index, and only then marks it
 //!    acknowledged and wakes every waiter. Callers that arrived meanwhile form the next batch.
-//! 3. Acknowledged changes reach the redb index in large non-durable commits
-//!    ([`Shared::apply_pending`]) once enough are queued, and before any scan, checkpoint or
-//!    compaction; then they leave `recent`. The index is never on a caller's commit path.
+//! 3. Acknowledged changes reach the redb index in large durable commits, each recording the
+//!    LSN it reaches ([`Shared::apply_pending`]), once enough are queued, and before any scan,
+//!    checkpoint or compaction; then they leave `recent`. The index is never on a caller's
+//!    commit path, and never ahead of the synced log.
 //! 4. A failed write or sync fails the batch's callers and poisons the handle: every later
 //!    write gets `Error::PreviousIo` until the store is reopened and recovers from disk.
 //!
@@ -433,9 +434,9 @@ impl Shared {
         })
     }
 
-    /// Applies every queued acknowledged change to the index in one commit (durable, and
-    /// recording the LSN, for [`Apply::Checkpoint`]), publishes the new snapshot, and drops the
-    /// applied changes from `recent`.
+    /// Applies queued acknowledged changes to the index in one durable commit that records
+    /// the LSN they reach, publishes the new snapshot, and drops the applied changes from
+    /// `recent`.
     pub fn apply_pending(&self, mode: Apply) -> Result<()> {
         let mut applied = match mode {
             Apply::IfIdle => match self.apply.try_lock() {
@@ -452,15 +453,23 @@ impl Shared {
                 mem::take(&mut *unapplied)
             }
         };
+        if changes.is_empty() && mode != Apply::Checkpoint {
+            return Ok(());
+        }
         let last = changes.last().map_or(*applied, |c| c.lsn);
-        let mark = (mode == Apply::Checkpoint).then(|| Checkpoint {
+        // Every commit is durable (see `Index::apply`), so each one records the LSN it
+        // covers: after a crash the index is exactly the state at its checkpoint, and the log
+        // replays from there. `changes` is a prefix of the acknowledged changes in LSN order.
+        // Never let the index get ahead of the durable log (the modes that acknowledge
+        // before a sync): one log sync per index commit costs little beside the commit's own.
+        if self.synced_lsn.load(Ordering::Acquire) < last {
+            self.sync_log()?;
+        }
+        let mark = Checkpoint {
             lsn: last,
             // Every token in `changes` was handed out before this read.
             next_token: self.core.lock().next_token,
-        });
-        if changes.is_empty() && mark.is_none() {
-            return Ok(());
-        }
+        };
         if let Err(e) = self.index.apply(&changes, mark) {
             self.fail(&e);
             return Err(e);
@@ -470,6 +479,11 @@ impl Shared {
         recent.retain(|_, (lsn, _)| *lsn > last);
         self.recent_len.store(recent.len(), Ordering::Release);
         Ok(())
+    }
+
+    /// The last LSN whose effect is in the durable index (every index commit records it).
+    pub fn applied_lsn(&self) -> u64 {
+        *self.apply.lock()
     }
 
     fn fail(&self, err: &Error) {
@@ -507,7 +521,7 @@ impl Shared {
         self.check_writable()?;
         self.poisoned()?;
         self.apply_pending(Apply::Checkpoint)?;
-        let lsn = *self.apply.lock();
+        let lsn = self.applied_lsn();
         let mut io = self.io.lock();
         io.checkpoint_lsn = lsn;
         io.bytes_since_checkpoint = 0;
@@ -587,7 +601,7 @@ pub(crate) enum Apply {
     IfIdle,
     /// Wait for a running apply, then apply the rest (before scans of the index).
     Wait,
-    /// As `Wait`, in a durable commit that records the checkpoint.
+    /// As `Wait`, and commit even when nothing is queued (to record the checkpoint).
     Checkpoint,
 }
 

@@ -175,10 +175,10 @@ pub(crate) fn recover(
     if created || report.index_rebuilt {
         index.apply(
             &[],
-            Some(Checkpoint {
+            Checkpoint {
                 lsn: checkpoint.lsn,
                 next_token,
-            }),
+            },
         )?;
     }
     // Only what the index holds durably: the replayed records are not in it yet.

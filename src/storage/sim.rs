@@ -242,6 +242,16 @@ impl SimDisk {
         );
     }
 
+    /// Whether a power cut now would lose nothing: every file's contents and name are
+    /// durable.
+    pub fn is_synced(&self) -> bool {
+        let state = self.state.lock();
+        state
+            .files
+            .values()
+            .all(|f| f.unsynced.is_empty() && f.linked == f.durably_linked)
+    }
+
     /// The names of the files that exist now.
     pub fn file_names(&self) -> Vec<String> {
         let state = self.state.lock();
