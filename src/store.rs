@@ -26,6 +26,19 @@ use crate::storage::Storage;
 #[derive(Clone)]
 pub struct Store {
     shared: Arc<Shared>,
+    /// Dropped with the last clone, after `shared` (fields drop in order).
+    _last: Arc<LastHandle>,
+}
+
+/// Stops the background thread when the last [`Store`] clone goes, and waits for it: the
+/// thread holds the store while it works (a timed checkpoint, say), and the directory lock
+/// must be released by the time the last `drop` returns, not when the thread finishes.
+struct LastHandle(Arc<Shared>);
+
+impl Drop for LastHandle {
+    fn drop(&mut self) {
+        self.0.stop_background();
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -64,7 +77,10 @@ impl Store {
         }));
         Shared::start_background(&shared);
         shared.start_filter_build(&shared.core.lock(), Some(&claimed));
-        Ok(Store { shared })
+        Ok(Store {
+            _last: Arc::new(LastHandle(shared.clone())),
+            shared,
+        })
     }
 
     /// Asks about `key` before running the operation whose input is `request`, and claims the

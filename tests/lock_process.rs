@@ -46,3 +46,26 @@ fn a_second_process_is_locked_out_until_the_first_dies() {
     child.wait().unwrap();
     Store::open(dir.path()).expect("the lock died with its holder");
 }
+
+#[test]
+fn dropping_the_last_handle_unlocks_at_once_while_the_background_thread_works() {
+    // The background thread checkpoints every millisecond; a drop that left it holding the
+    // store would leave the directory locked for a moment after `drop` returned.
+    let dir = tempfile::tempdir().unwrap();
+    let options = idemstore::Options::new()
+        .checkpoint_interval(Some(std::time::Duration::from_millis(1)))
+        .purge_interval(Some(std::time::Duration::from_millis(1)));
+    for round in 0..300u32 {
+        let store = options
+            .clone()
+            .open(dir.path())
+            .unwrap_or_else(|e| panic!("round {round}: reopen after drop: {e:?}"));
+        let key = idemstore::Key::new("c", format!("r{round}"), "x").unwrap();
+        if let idemstore::Begin::Claimed(claim) = store.begin(&key, b"req").unwrap() {
+            store.complete(&claim, b"done").unwrap();
+        }
+        // Give the background thread time to start a checkpoint of this write.
+        std::thread::sleep(std::time::Duration::from_micros(u64::from(round % 7) * 300));
+        drop(store);
+    }
+}
