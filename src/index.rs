@@ -18,6 +18,7 @@ use std::fmt;
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwapOption;
 use parking_lot::RwLock;
@@ -78,6 +79,8 @@ pub(crate) struct Index {
     snapshot: ArcSwapOption<ReadOnlyTable<&'static [u8], &'static [u8]>>,
     /// Written only by [`Index::compact`], which needs the database to itself.
     db: RwLock<Guarded<Database>>,
+    /// Whether redb walked the whole file on open to rebuild its allocator state.
+    repaired: bool,
 }
 
 impl fmt::Debug for Index {
@@ -91,11 +94,16 @@ impl Index {
     /// where redb itself would panic on it, or on closing it.
     pub fn open(file: Arc<dyn StorageFile>, cache_size: usize) -> Result<Index> {
         let mut db = Guarded(None);
+        let repaired = Arc::new(AtomicBool::new(false));
         let snapshot = guarded(|| {
             let mut builder = Database::builder();
             builder.set_cache_size(cache_size);
+            let flag = repaired.clone();
+            builder.set_repair_callback(move |_| flag.store(true, Ordering::Relaxed));
             let db = db.0.insert(builder.create_with_backend(Backend(file))?);
-            let txn = db.begin_write()?;
+            // Quick-repair like every commit: were this the last commit before a crash, one
+            // without it would make the next open walk the whole file.
+            let txn = durable_write(db)?;
             {
                 txn.open_table(RECORDS)?;
                 txn.open_table(EXPIRY)?;
@@ -109,7 +117,14 @@ impl Index {
         Ok(Index {
             snapshot: ArcSwapOption::from_pointee(snapshot),
             db: RwLock::new(db),
+            repaired: repaired.load(Ordering::Relaxed),
         })
+    }
+
+    /// Whether opening the file made redb walk all of it to rebuild its allocator state (a
+    /// crash after a commit that did not save it): time in proportion to the index.
+    pub fn repaired_on_open(&self) -> bool {
+        self.repaired
     }
 
     /// The last checkpoint, or zeros for a new index.

@@ -96,6 +96,7 @@ pub(crate) fn recover(
         Err(e) => return Err(e),
     };
     report.checkpoint_lsn = checkpoint.lsn;
+    report.index_repaired = index.repaired_on_open();
 
     let mut max_token = 0u64;
     let mut changes: Vec<Change> = Vec::new();

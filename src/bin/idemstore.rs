@@ -366,7 +366,8 @@ fn stats(store: &Store, dir: &Path, json: bool, out: &mut dyn Write) -> io::Resu
             concat!(
                 r#"{{"dir":{},"records":{},"in_progress":{},"last_lsn":{},"acknowledged_lsn":{},"#,
                 r#""checkpoint_lsn":{},"next_token":{},"segments":{},"current_segment_bytes":{},"#,
-                r#""recovery":{{"created":{},"checkpoint_lsn":{},"replayed":{},"last_lsn":{},"#,
+                r#""recovery":{{"created":{},"index_rebuilt":{},"index_repaired":{},"#,
+                r#""checkpoint_lsn":{},"replayed":{},"last_lsn":{},"#,
                 r#""segments_read":{},"in_doubt":{},"duration_ms":{:.3},"read_only":{},"#,
                 r#""torn_tail":{}}}}}"#
             ),
@@ -380,6 +381,8 @@ fn stats(store: &Store, dir: &Path, json: bool, out: &mut dyn Write) -> io::Resu
             s.segments,
             s.current_segment_bytes,
             r.created,
+            r.index_rebuilt,
+            r.index_repaired,
             r.checkpoint_lsn,
             r.replayed,
             r.last_lsn,
