@@ -13,10 +13,10 @@
 //!    (`Durability::Immediate`), publishes the batch in the *acknowledged* layer (`recent`,
 //!    which `get` reads before the index), queues it for the index, and only then marks it
 //!    acknowledged and wakes every waiter. Callers that arrived meanwhile form the next batch.
-//! 3. Acknowledged changes reach the redb index in large durable commits, each recording the
-//!    LSN it reaches ([`Shared::apply_pending`]), once enough are queued, and before any scan,
-//!    checkpoint or compaction; then they leave `recent`. The index is never on a caller's
-//!    commit path, and never ahead of the synced log.
+//! 3. Acknowledged changes reach the redb index in large non-durable commits
+//!    ([`Shared::apply_pending`]) once enough are queued, and before any scan, checkpoint or
+//!    compaction; then they leave `recent`. The index is never on a caller's commit path. A
+//!    checkpoint is a durable commit, never ahead of the synced log.
 //! 4. A failed write or sync fails the batch's callers and poisons the handle: every later
 //!    write gets `Error::PreviousIo` until the store is reopened and recovers from disk.
 //!
@@ -434,9 +434,9 @@ impl Shared {
         })
     }
 
-    /// Applies queued acknowledged changes to the index in one durable commit that records
-    /// the LSN they reach, publishes the new snapshot, and drops the applied changes from
-    /// `recent`.
+    /// Applies queued acknowledged changes to the index in one commit (durable, and recording
+    /// the LSN they reach, for [`Apply::Checkpoint`]), publishes the new snapshot, and drops
+    /// the applied changes from `recent`.
     pub fn apply_pending(&self, mode: Apply) -> Result<()> {
         let mut applied = match mode {
             Apply::IfIdle => match self.apply.try_lock() {
@@ -457,18 +457,19 @@ impl Shared {
             return Ok(());
         }
         let last = changes.last().map_or(*applied, |c| c.lsn);
-        // Every commit is durable (see `Index::apply`), so each one records the LSN it
-        // covers: after a crash the index is exactly the state at its checkpoint, and the log
-        // replays from there. `changes` is a prefix of the acknowledged changes in LSN order.
-        // Never let the index get ahead of the durable log (the modes that acknowledge
-        // before a sync): one log sync per index commit costs little beside the commit's own.
-        if self.synced_lsn.load(Ordering::Acquire) < last {
-            self.sync_log()?;
-        }
-        let mark = Checkpoint {
-            lsn: last,
-            // Every token in `changes` was handed out before this read.
-            next_token: self.core.lock().next_token,
+        let mark = if mode == Apply::Checkpoint {
+            // Never let the durable index get ahead of the durable log (the modes that
+            // acknowledge before a sync): one log sync per checkpoint costs little.
+            if self.synced_lsn.load(Ordering::Acquire) < last {
+                self.sync_log()?;
+            }
+            Some(Checkpoint {
+                lsn: last,
+                // Every token in `changes` was handed out before this read.
+                next_token: self.core.lock().next_token,
+            })
+        } else {
+            None
         };
         if let Err(e) = self.index.apply(&changes, mark) {
             self.fail(&e);
@@ -481,7 +482,7 @@ impl Shared {
         Ok(())
     }
 
-    /// The last LSN whose effect is in the durable index (every index commit records it).
+    /// The last LSN applied to the index (durably only as of the last checkpoint).
     pub fn applied_lsn(&self) -> u64 {
         *self.apply.lock()
     }

@@ -9,9 +9,10 @@
 //! - `meta`: name → u64: `checkpoint_lsn` (the last log record whose effect is in the durable
 //!   index) and `next_token` (the next fencing token to hand out), written in the same commit.
 //!
-//! Every commit is durable, with quick-repair, and each one that applies changes records the
-//! LSN they reach: after a crash the index is exactly the state at its checkpoint, the log
-//! replays from there, and redb does not walk the whole file (see [`durable_write`]).
+//! Between checkpoints the index is written with redb's non-durable commits: the log is what
+//! makes those writes durable, and a crash rolls the index back to its last checkpoint. Every
+//! durable commit (checkpoints, and the one that opens the tables) uses quick-repair, so a
+//! crash costs a log replay, not a walk of the whole index (see [`durable_write`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -147,11 +148,16 @@ impl Index {
 
     /// Applies `changes` in one commit: for each key, its last change in the slice, in key
     /// order (intermediate states never reach the index, and sorted inserts touch each page
-    /// once), recording `checkpoint`: the LSN `changes` reach, every earlier change being in
-    /// the index already. See [`durable_write`] for why every commit is durable.
-    pub fn apply(&self, changes: &[Change], checkpoint: Checkpoint) -> Result<()> {
+    /// once). With `checkpoint` (the LSN `changes` reach, every earlier change being in the
+    /// index already), the commit is durable and records it; otherwise it is a non-durable
+    /// commit that a crash undoes.
+    pub fn apply(&self, changes: &[Change], checkpoint: Option<Checkpoint>) -> Result<()> {
         guarded(|| {
-            let txn = durable_write(&self.db.read())?;
+            let db = self.db.read();
+            let txn = match checkpoint {
+                Some(_) => durable_write(&db)?,
+                None => non_durable_write(&db)?,
+            };
             {
                 let mut records = txn.open_table(RECORDS)?;
                 let mut expiry = txn.open_table(EXPIRY)?;
@@ -188,10 +194,12 @@ impl Index {
                         }
                     }
                 }
-                let mut meta = txn.open_table(META)?;
-                meta.insert(META_CHECKPOINT_LSN, checkpoint.lsn)?;
-                meta.insert(META_NEXT_TOKEN, checkpoint.next_token)?;
-                meta.insert(META_CHECKSUM, checkpoint_crc(checkpoint))?;
+                if let Some(cp) = checkpoint {
+                    let mut meta = txn.open_table(META)?;
+                    meta.insert(META_CHECKPOINT_LSN, cp.lsn)?;
+                    meta.insert(META_NEXT_TOKEN, cp.next_token)?;
+                    meta.insert(META_CHECKSUM, checkpoint_crc(cp))?;
+                }
             }
             txn.commit()?;
             self.refresh()
@@ -210,7 +218,7 @@ impl Index {
     /// number removed and whether rows at or before `now` remain.
     pub fn purge(&self, now: u64, limit: usize) -> Result<(u64, bool)> {
         guarded(|| {
-            let txn = durable_write(&self.db.read())?;
+            let txn = non_durable_write(&self.db.read())?;
             let mut removed = 0u64;
             let mut more = false;
             {
@@ -346,15 +354,22 @@ fn read_checkpoint(meta: &impl ReadableTable<&'static str, u64>) -> Result<Check
     }
 }
 
-/// Begins a write transaction that commits durably with quick-repair. Every index commit is
-/// one: after a crash, redb repairs quickly only if the last commit on disk saved its
-/// allocator state, and a non-durable commit (which the page cache keeps through a kill -9)
-/// does not — redb would then walk the whole file on open. Commits are rare (one per 4 Ki
-/// applied changes or 8 Ki purged records), so their fsyncs cost little.
+/// Begins a write transaction that commits durably with quick-repair. Every durable commit is
+/// one: after a crash redb rolls back to its last durable commit, and repairs quickly only if
+/// that commit saved its allocator state; otherwise it walks and checksums the whole file.
 fn durable_write(db: &Database) -> Result<redb::WriteTransaction> {
     let mut txn = db.begin_write()?;
     txn.set_quick_repair(true);
     txn.set_durability(Durability::Immediate)
+        .map_err(|e| Error::Index(Box::new(e.into())))?;
+    Ok(txn)
+}
+
+/// Begins a write transaction whose commit is not durable: in memory and the page cache until
+/// the next durable commit, and rolled back by a crash before it.
+fn non_durable_write(db: &Database) -> Result<redb::WriteTransaction> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::None)
         .map_err(|e| Error::Index(Box::new(e.into())))?;
     Ok(txn)
 }

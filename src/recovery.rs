@@ -176,10 +176,10 @@ pub(crate) fn recover(
     if created || report.index_rebuilt {
         index.apply(
             &[],
-            Checkpoint {
+            Some(Checkpoint {
                 lsn: checkpoint.lsn,
                 next_token,
-            },
+            }),
         )?;
     }
     // Only what the index holds durably: the replayed records are not in it yet.

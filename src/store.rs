@@ -312,7 +312,6 @@ impl Store {
     pub fn stats(&self) -> Result<Stats> {
         let shared = &*self.shared;
         shared.apply_pending(Apply::Wait)?;
-        let checkpoint_lsn = shared.applied_lsn();
         let (records, in_progress) = shared.index.counts()?;
         let (next_token, acknowledged_lsn, last_lsn) = {
             let core = shared.core.lock();
@@ -327,7 +326,7 @@ impl Store {
             in_progress,
             last_lsn,
             acknowledged_lsn,
-            checkpoint_lsn,
+            checkpoint_lsn: io.checkpoint_lsn,
             next_token,
             appended: c.appended.load(Ordering::Relaxed),
             batches: c.batches.load(Ordering::Relaxed),

@@ -12,6 +12,7 @@ use std::time::Duration;
 use idemstore::storage::{CrashMode, SimDisk};
 use idemstore::{Begin, Durability, Error, Key, ManualClock, Options, Record};
 use model::format::{FRAME_HEADER_LEN, SEGMENT_HEADER_LEN, parse_segment_name};
+use model::harness::dump;
 use model::store_model as m;
 
 type State = BTreeMap<Key, Record>;
@@ -39,26 +40,10 @@ fn key(n: u32) -> Key {
     Key::new("damage", format!("key-{n}"), "POST /op").expect("valid key")
 }
 
-/// The live records among the keys `build` writes, read with `get`: a scan would first apply
-/// the acknowledged changes to the index, and every such commit is a checkpoint, while these
-/// tests need the records to be in the log alone.
-fn dump(store: &idemstore::Store) -> State {
-    (0..STEPS)
-        .filter_map(|n| {
-            let record = store.get(&key(n)).expect("get")?;
-            Some((key(n), record))
-        })
-        .collect()
-}
-
-/// How many records `build` writes at most.
-const STEPS: u32 = 12;
-
 /// Writes one record per step (claims and completions of `outcome_len`-byte outcomes), then
 /// cuts the power, so that only the log holds them (the index is still at its first
 /// checkpoint).
 fn build(steps: u32, outcome_len: usize) -> Image {
-    assert!(steps <= STEPS, "dump reads keys 0..STEPS");
     let clock = ManualClock::new(m::start_time());
     let disk = SimDisk::new("damage");
     let store = options(&clock).open_storage(disk.clone()).expect("open");
