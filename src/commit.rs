@@ -381,14 +381,18 @@ impl Shared {
             self.acknowledged.notify_all();
             result?;
             if follow_up != FollowUp::Nothing && core.acknowledged_lsn >= lsn {
-                // Off the commit path: waiters are already woken.
+                // Off the commit path: waiters are already woken. The background thread does
+                // it where there is one, so that no caller waits for an index commit (a
+                // checkpoint's fsync of a large index takes long); otherwise this caller.
                 drop(core);
-                let done = match follow_up {
-                    FollowUp::Checkpoint => self.checkpoint(),
-                    _ => self.apply_pending(Apply::IfIdle),
-                };
-                // A failure has poisoned the handle; this caller's write is acknowledged.
-                let _ = done;
+                if !self.hand_to_background(follow_up) {
+                    let done = match follow_up {
+                        FollowUp::Checkpoint => self.checkpoint(),
+                        _ => self.apply_pending(Apply::IfIdle),
+                    };
+                    // A failure has poisoned the handle; this caller's write is acknowledged.
+                    let _ = done;
+                }
                 return Ok(());
             }
         }
@@ -443,11 +447,11 @@ impl Shared {
                 Some(guard) => guard,
                 None => return Ok(()),
             },
-            Apply::Wait | Apply::Checkpoint => self.apply.lock(),
+            Apply::Chunk | Apply::Wait | Apply::Checkpoint => self.apply.lock(),
         };
         let changes = {
             let mut unapplied = self.unapplied.lock();
-            if mode == Apply::IfIdle && unapplied.len() > APPLY_CHUNK {
+            if matches!(mode, Apply::IfIdle | Apply::Chunk) && unapplied.len() > APPLY_CHUNK {
                 unapplied.drain(..APPLY_CHUNK).collect()
             } else {
                 mem::take(&mut *unapplied)
@@ -479,6 +483,18 @@ impl Shared {
         let mut recent = self.recent.write();
         recent.retain(|_, (lsn, _)| *lsn > last);
         self.recent_len.store(recent.len(), Ordering::Release);
+        Ok(())
+    }
+
+    /// Applies acknowledged changes in chunks while at least a batch's worth is queued (the
+    /// background thread's share of a leader's follow-up).
+    pub fn apply_backlog(&self) -> Result<()> {
+        while self.unapplied.lock().len() >= APPLY_BATCH {
+            self.apply_pending(Apply::Chunk)?;
+            if self.check_open().is_err() {
+                break;
+            }
+        }
         Ok(())
     }
 
@@ -600,6 +616,8 @@ pub(crate) enum Apply {
     /// Only if no other thread is applying, and at most [`APPLY_CHUNK`] changes, oldest
     /// first (a leader's follow-up).
     IfIdle,
+    /// As `IfIdle`, but wait for a running apply (the background thread).
+    Chunk,
     /// Wait for a running apply, then apply the rest (before scans of the index).
     Wait,
     /// As `Wait`, and commit even when nothing is queued (to record the checkpoint).
@@ -608,7 +626,7 @@ pub(crate) enum Apply {
 
 /// What a leader does after waking its batch's waiters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FollowUp {
+pub(crate) enum FollowUp {
     Nothing,
     Apply,
     Checkpoint,

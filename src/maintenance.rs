@@ -1,19 +1,30 @@
-//! The background thread: the sync of `Durability::Periodic`, timed checkpoints and TTL
-//! compaction. It holds only a weak reference, so dropping the last `Store` stops it.
+//! The background thread: the sync of `Durability::Periodic`, timed checkpoints, TTL
+//! compaction, and the index work a group-commit leader hands over (applying acknowledged
+//! changes, a checkpoint once `checkpoint_bytes` were written), so that no caller waits for an
+//! index commit. It holds only a weak reference, so dropping the last `Store` stops it.
 
+use std::mem;
 use std::sync::{Arc, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::commit::Shared;
+use crate::commit::{FollowUp, Shared};
 use crate::options::Durability;
 
-/// The running thread and its stop signal.
+/// The running thread and what wakes it.
 pub(crate) struct Background {
-    stop: Arc<(Mutex<bool>, Condvar)>,
+    signal: Arc<(Mutex<Signal>, Condvar)>,
     thread: JoinHandle<()>,
+}
+
+/// What the thread is asked to do before its next tick.
+#[derive(Debug, Default)]
+struct Signal {
+    stopped: bool,
+    apply: bool,
+    checkpoint: bool,
 }
 
 impl Shared {
@@ -37,15 +48,32 @@ impl Shared {
         .min() else {
             return;
         };
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let signal = Arc::new((Mutex::new(Signal::default()), Condvar::new()));
         let weak = Arc::downgrade(shared);
-        let thread_stop = stop.clone();
+        let thread_signal = signal.clone();
         let spawned = thread::Builder::new()
             .name("idemstore-maintenance".into())
-            .spawn(move || run(&weak, &thread_stop, tick, periodic));
+            .spawn(move || run(&weak, &thread_signal, tick, periodic));
         if let Ok(thread) = spawned {
-            *shared.background.lock() = Some(Background { stop, thread });
+            *shared.background.lock() = Some(Background { signal, thread });
         }
+    }
+
+    /// Asks the background thread to do `follow_up`; false if there is no thread (the caller
+    /// then does it).
+    pub fn hand_to_background(&self, follow_up: FollowUp) -> bool {
+        let background = self.background.lock();
+        let Some(bg) = background.as_ref() else {
+            return false;
+        };
+        let mut signal = bg.signal.0.lock();
+        match follow_up {
+            FollowUp::Checkpoint => signal.checkpoint = true,
+            FollowUp::Apply => signal.apply = true,
+            FollowUp::Nothing => return true,
+        }
+        bg.signal.1.notify_all();
+        true
     }
 
     /// Stops the thread and waits for it (unless this is the thread itself, dropping the
@@ -54,8 +82,8 @@ impl Shared {
         let Some(bg) = self.background.lock().take() else {
             return;
         };
-        *bg.stop.0.lock() = true;
-        bg.stop.1.notify_all();
+        bg.signal.0.lock().stopped = true;
+        bg.signal.1.notify_all();
         if bg.thread.thread().id() != thread::current().id() {
             let _ = bg.thread.join();
         }
@@ -64,7 +92,7 @@ impl Shared {
 
 fn run(
     weak: &Weak<Shared>,
-    stop: &(Mutex<bool>, Condvar),
+    signal: &(Mutex<Signal>, Condvar),
     tick: Duration,
     periodic: Option<Duration>,
 ) {
@@ -72,16 +100,16 @@ fn run(
     let mut last_purge = started;
     let mut last_sync = started;
     loop {
-        {
-            let mut stopped = stop.0.lock();
-            if *stopped {
+        let (apply, checkpoint) = {
+            let mut s = signal.0.lock();
+            if !s.stopped && !s.apply && !s.checkpoint {
+                signal.1.wait_for(&mut s, tick);
+            }
+            if s.stopped {
                 return;
             }
-            stop.1.wait_for(&mut stopped, tick);
-            if *stopped {
-                return;
-            }
-        }
+            (mem::take(&mut s.apply), mem::take(&mut s.checkpoint))
+        };
         let Some(shared) = weak.upgrade() else {
             return;
         };
@@ -89,6 +117,11 @@ fn run(
             continue;
         }
         // Errors poison the handle; callers see them on their next write.
+        if checkpoint {
+            let _ = shared.checkpoint();
+        } else if apply {
+            let _ = shared.apply_backlog();
+        }
         if let Some(interval) = periodic
             && last_sync.elapsed() >= interval
         {

@@ -371,3 +371,35 @@ fn an_index_whose_last_commit_did_not_save_its_allocator_state_is_repaired_and_r
         assert_eq!(completed(&store, &key(n), b"req").data(), b"outcome");
     }
 }
+
+/// With a background thread, the checkpoint that `checkpoint_bytes` calls for is done there,
+/// not by the writer whose batch crossed the mark (whose call would wait for the index's
+/// fsync); and the changes applied meanwhile are all there after a power cut.
+#[test]
+fn a_checkpoint_called_for_by_checkpoint_bytes_is_taken_by_the_background_thread() {
+    let clock = clock();
+    let disk = SimDisk::new("t");
+    let store = options(&clock)
+        .checkpoint_bytes(32 << 10)
+        // A thread whose own timer never fires in this test.
+        .checkpoint_interval(Some(Duration::from_secs(3600)))
+        .open_storage(disk.clone())
+        .unwrap();
+    complete_all(&store, 0..400, &[b'o'; 200]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while store.stats().unwrap().checkpoints == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint after {} bytes of log",
+            32 << 10
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    disk.power_cut(CrashMode::DropUnsynced);
+    drop(store);
+    let store = sim_store(&disk, &clock);
+    assert!(store.recovery_report().checkpoint_lsn > 0);
+    for n in 0..400 {
+        assert_eq!(completed(&store, &key(n), b"req").data(), &[b'o'; 200]);
+    }
+}
