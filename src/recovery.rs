@@ -108,6 +108,14 @@ pub(crate) fn recover(
         |lsn, e, location| {
             if let Some(bytes) = e.entry {
                 let entry = Entry::decode(e.key, bytes, location)?;
+                // Tokens count up from 1: the last one can never have been handed out, and
+                // the next open could hand out none above it.
+                if entry.token == u64::MAX {
+                    return Err(Error::corruption(
+                        "record fencing token out of range",
+                        location(),
+                    ));
+                }
                 max_token = max_token.max(entry.token);
                 if matches!(entry.body, Body::InProgress { .. }) {
                     claimed.push(hash::hash(e.key));
@@ -146,7 +154,18 @@ pub(crate) fn recover(
     storage.sync_dir()?;
 
     let last_lsn = log.last_lsn.unwrap_or(0).max(checkpoint.lsn);
-    let next_lsn = last_lsn + 1;
+    let out_of_range = |what: &str| {
+        Error::corruption(
+            format!("{what} out of range (at the end of the u64 space)"),
+            format!("{INDEX_FILE} checkpoint or log"),
+        )
+    };
+    let next_lsn = last_lsn
+        .checked_add(1)
+        .ok_or_else(|| out_of_range("log sequence number"))?;
+    if checkpoint.next_token == u64::MAX {
+        return Err(out_of_range("next fencing token"));
+    }
     let next_token = checkpoint.next_token.max(max_token + 1).max(1);
     report.last_lsn = last_lsn;
 

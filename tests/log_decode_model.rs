@@ -67,3 +67,14 @@ fn a_damaged_next_token_never_hands_out_a_token_again() {
     let found = include_bytes!("../fuzz/corpus/log_decode/seed-damaged-next-token");
     assert_eq!(model::log_decode(found).runs, 1);
 }
+
+/// Found by the `log_decode` fuzzer: a log whose records are well-formed (valid checksums)
+/// but carry the fencing token `u64::MAX`. Recovery computed the next token as that plus one:
+/// an overflow panic in a debug build, and in a release build a wrap to token 1, handed out
+/// again. A token or LSN at the end of the u64 space is now `Error::Corruption`.
+#[test]
+fn a_fencing_token_at_the_end_of_the_u64_space_is_refused_not_wrapped() {
+    let found = include_bytes!("../fuzz/corpus/log_decode/seed-token-at-u64-max");
+    let tally = model::log_decode(found);
+    assert_eq!((tally.runs, tally.refused), (1, 1), "{tally:?}");
+}
