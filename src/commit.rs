@@ -58,6 +58,10 @@ const APPLY_BATCH: usize = 4096;
 /// keep ahead of the writers, and a bound on the pause when a recovery left a long backlog.
 const APPLY_CHUNK: usize = 2 * APPLY_BATCH;
 
+/// Queued changes beyond which a leader applies a chunk itself even though the background
+/// thread was asked to (it is behind the writers).
+const APPLY_BACKLOG: usize = 16 * APPLY_BATCH;
+
 /// How many times a new leader yields while its batch is still growing.
 const GATHER_ROUNDS: usize = 8;
 
@@ -385,14 +389,20 @@ impl Shared {
                 // it where there is one, so that no caller waits for an index commit (a
                 // checkpoint's fsync of a large index takes long); otherwise this caller.
                 drop(core);
-                if !self.hand_to_background(follow_up) {
-                    let done = match follow_up {
+                let done = if !self.hand_to_background(follow_up) {
+                    match follow_up {
                         FollowUp::Checkpoint => self.checkpoint(),
                         _ => self.apply_pending(Apply::IfIdle),
-                    };
-                    // A failure has poisoned the handle; this caller's write is acknowledged.
-                    let _ = done;
-                }
+                    }
+                } else if self.unapplied.lock().len() > APPLY_BACKLOG {
+                    // The background thread is behind: writers help, and so wait for the
+                    // index (backpressure), or memory would grow without bound.
+                    self.apply_pending(Apply::Chunk)
+                } else {
+                    Ok(())
+                };
+                // A failure has poisoned the handle; this caller's write is acknowledged.
+                let _ = done;
                 return Ok(());
             }
         }

@@ -403,3 +403,38 @@ fn a_checkpoint_called_for_by_checkpoint_bytes_is_taken_by_the_background_thread
         assert_eq!(completed(&store, &key(n), b"req").data(), &[b'o'; 200]);
     }
 }
+
+/// Writers far ahead of the index: with a background thread, leaders hand it the applying,
+/// and help once it falls behind. Everything acknowledged is there after a kill -9, whichever
+/// thread applied it.
+#[test]
+fn writers_ahead_of_the_index_lose_nothing_with_a_background_thread() {
+    let clock = clock();
+    let disk = SimDisk::new("t");
+    let store = options(&clock)
+        .durability(idemstore::Durability::None)
+        .checkpoint_interval(Some(Duration::from_secs(3600)))
+        .open_storage(disk.clone())
+        .unwrap();
+    const THREADS: u64 = 4;
+    const PER_THREAD: u64 = 12_000;
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let store = store.clone();
+            s.spawn(move || {
+                complete_all(&store, t * PER_THREAD..(t + 1) * PER_THREAD, b"outcome");
+            });
+        }
+    });
+    disk.power_cut(CrashMode::KeepAll);
+    drop(store);
+    let store = sim_store(&disk, &clock);
+    assert_eq!(
+        store.stats().unwrap().records,
+        THREADS * PER_THREAD,
+        "records after the restart"
+    );
+    for n in (0..THREADS * PER_THREAD).step_by(97) {
+        assert_eq!(completed(&store, &key(n), b"req").data(), b"outcome");
+    }
+}
