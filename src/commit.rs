@@ -508,11 +508,6 @@ impl Shared {
         Ok(())
     }
 
-    /// The last LSN applied to the index (durably only as of the last checkpoint).
-    pub fn applied_lsn(&self) -> u64 {
-        *self.apply.lock()
-    }
-
     fn fail(&self, err: &Error) {
         let mut core = self.core.lock();
         if core.failure.is_none() {
@@ -548,7 +543,7 @@ impl Shared {
         self.check_writable()?;
         self.poisoned()?;
         self.apply_pending(Apply::Checkpoint)?;
-        let lsn = self.applied_lsn();
+        let lsn = *self.apply.lock();
         let mut io = self.io.lock();
         io.checkpoint_lsn = lsn;
         io.bytes_since_checkpoint = 0;

@@ -67,12 +67,15 @@ impl Shared {
             return false;
         };
         let mut signal = bg.signal.0.lock();
-        match follow_up {
-            FollowUp::Checkpoint => signal.checkpoint = true,
-            FollowUp::Apply => signal.apply = true,
+        let flag = match follow_up {
+            FollowUp::Checkpoint => &mut signal.checkpoint,
+            FollowUp::Apply => &mut signal.apply,
             FollowUp::Nothing => return true,
+        };
+        // Leaders ask on every batch while a backlog lasts: wake the thread only once.
+        if !mem::replace(flag, true) {
+            bg.signal.1.notify_all();
         }
-        bg.signal.1.notify_all();
         true
     }
 

@@ -55,9 +55,9 @@ pub struct RecoveryReport {
     /// change since the store was created (e.g. a crash cut the index's creation short).
     pub index_rebuilt: bool,
     /// Whether redb had to walk the whole index file to rebuild its allocator state before
-    /// recovery could start: time in proportion to the index, not the log. Every index commit
-    /// saves that state, so a crash should never need it; `true` points at a file written
-    /// by something else, or by an older version.
+    /// recovery could start: time in proportion to the index, not the log. Every durable
+    /// index commit saves that state and a crash rolls back to one, so a crash should never
+    /// need it; `true` points at a file written by something else, or by an older version.
     pub index_repaired: bool,
     /// The checkpoint the index held when opened.
     pub checkpoint_lsn: u64,

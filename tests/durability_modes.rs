@@ -36,13 +36,18 @@ fn immediate_survives_a_power_cut_right_after_the_ack() {
     assert_completed(&store, 0..10);
 }
 
+/// A store on `disk` in `Durability::Periodic(interval)`.
+fn periodic_store(disk: &SimDisk, interval: Duration) -> idemstore::Store {
+    options(&clock())
+        .durability(Durability::Periodic(interval))
+        .open_storage(disk.clone())
+        .unwrap()
+}
+
 #[test]
 fn periodic_survives_kill_at_once_and_power_loss_after_its_interval() {
     let disk = SimDisk::new("t");
-    let store = options(&clock())
-        .durability(Durability::Periodic(Duration::from_millis(20)))
-        .open_storage(disk.clone())
-        .unwrap();
+    let store = periodic_store(&disk, Duration::from_millis(20));
     assert!(disk.is_synced(), "open left something unsynced");
     complete_keys(&store, 0..10);
     // Wait for the background sync to cover the writes.
@@ -51,8 +56,6 @@ fn periodic_survives_kill_at_once_and_power_loss_after_its_interval() {
         assert!(Instant::now() < deadline, "no periodic sync happened");
         std::thread::sleep(Duration::from_millis(5));
     }
-    // (Not `stats` before this point: it applies the changes to the index, which syncs the
-    // log first.)
     assert!(store.stats().unwrap().syncs > 0, "the sync was not counted");
     disk.power_cut(CrashMode::DropUnsynced);
     drop(store);
@@ -63,10 +66,7 @@ fn periodic_survives_kill_at_once_and_power_loss_after_its_interval() {
 #[test]
 fn periodic_acknowledges_before_its_sync() {
     let disk = SimDisk::new("t");
-    let store = options(&clock())
-        .durability(Durability::Periodic(Duration::from_secs(3600)))
-        .open_storage(disk.clone())
-        .unwrap();
+    let store = periodic_store(&disk, Duration::from_secs(3600));
     complete_keys(&store, 0..10);
     assert!(
         !disk.is_synced(),

@@ -315,7 +315,7 @@ fn repaired_after_cut(disk: &SimDisk, store: Store, mode: CrashMode) -> (Store, 
 
 #[test]
 fn a_crash_at_any_moment_leaves_an_index_that_opens_without_a_full_repair() {
-    // Every index commit saves redb's allocator state; a crash after one that did not made
+    // Every durable index commit saves redb's allocator state; a crash after one that did not made
     // the next open read the whole index file (seen: the commit that creates the tables on
     // open, followed by a crash before any other commit).
     for mode in [CrashMode::KeepAll, CrashMode::DropUnsynced] {

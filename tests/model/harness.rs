@@ -400,7 +400,8 @@ impl<'a> Harness<'a> {
             report.last_lsn.saturating_sub(report.checkpoint_lsn),
             "recovery replayed records the checkpoint covers, or skipped some: {report:?}"
         );
-        // Every index commit saves redb's allocator state: no crash may cost a walk of the
+        // Every durable index commit saves redb's allocator state, and a crash rolls back to
+        // one: no crash may cost a walk of the
         // whole index file on open.
         assert!(
             !report.index_repaired,
