@@ -64,7 +64,7 @@ pub(crate) struct Change {
 }
 
 /// What a checkpoint records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Checkpoint {
     pub lsn: u64,
     pub next_token: u64,
@@ -91,9 +91,11 @@ impl fmt::Debug for Index {
 }
 
 impl Index {
-    /// Opens (or creates) the index in `file`. A damaged file is `Error::Corruption`, also
-    /// where redb itself would panic on it, or on closing it.
-    pub fn open(file: Arc<dyn StorageFile>, cache_size: usize) -> Result<Index> {
+    /// Opens the index in `file`, creating its tables if `create` (a new or rebuilt index). A
+    /// damaged file is `Error::Corruption`, also where redb itself would panic on it, or on
+    /// closing it — and so is an existing index missing a table: recreating it empty would
+    /// silently drop its records, or (for `meta`) the next fencing token.
+    pub fn open(file: Arc<dyn StorageFile>, cache_size: usize, create: bool) -> Result<Index> {
         let mut db = Guarded(None);
         let repaired = Arc::new(AtomicBool::new(false));
         let snapshot = guarded(|| {
@@ -102,17 +104,23 @@ impl Index {
             let flag = repaired.clone();
             builder.set_repair_callback(move |_| flag.store(true, Ordering::Relaxed));
             let db = db.0.insert(builder.create_with_backend(Backend(file))?);
-            // Quick-repair like every commit: were this the last commit before a crash, one
-            // without it would make the next open walk the whole file.
-            let txn = durable_write(db)?;
-            {
-                txn.open_table(RECORDS)?;
-                txn.open_table(EXPIRY)?;
-                txn.open_table(IN_PROGRESS)?;
-                txn.open_table(META)?;
+            if create {
+                // Quick-repair like every durable commit: were this the last commit before a
+                // crash, one without it would make the next open walk the whole file.
+                let txn = durable_write(db)?;
+                {
+                    txn.open_table(RECORDS)?;
+                    txn.open_table(EXPIRY)?;
+                    txn.open_table(IN_PROGRESS)?;
+                    txn.open_table(META)?;
+                }
+                txn.commit()?;
             }
-            txn.commit()?;
-            Ok(db.begin_read()?.open_table(RECORDS)?)
+            let txn = db.begin_read()?;
+            txn.open_table(EXPIRY)?;
+            txn.open_table(IN_PROGRESS)?;
+            txn.open_table(META)?;
+            Ok(txn.open_table(RECORDS)?)
         })
         .map_err(damaged_on_open)?;
         Ok(Index {
@@ -132,7 +140,16 @@ impl Index {
     pub fn checkpoint(&self) -> Result<Checkpoint> {
         guarded(|| {
             let txn = self.db.read().begin_read()?;
-            read_checkpoint(&txn.open_table(META)?)
+            let checkpoint = read_checkpoint(&txn.open_table(META)?)?;
+            // No checkpoint row beside records: the rows were lost, and `next_token` with
+            // them; tokens would be handed out again.
+            if checkpoint == Checkpoint::default() && !txn.open_table(RECORDS)?.is_empty()? {
+                return Err(Error::corruption(
+                    "index holds records but no checkpoint",
+                    format!("{INDEX_FILE} meta table"),
+                ));
+            }
+            Ok(checkpoint)
         })
     }
 

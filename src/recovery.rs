@@ -73,8 +73,8 @@ pub(crate) fn recover(
         created,
         ..RecoveryReport::default()
     };
-    let opened =
-        Index::open(index_file, cache_size).and_then(|index| Ok((index.checkpoint()?, index)));
+    let opened = Index::open(index_file, cache_size, created)
+        .and_then(|index| Ok((index.checkpoint()?, index)));
     let (checkpoint, index) = match opened {
         Ok(opened) => opened,
         // A damaged index with a log that holds every change since the store was created (its
@@ -90,7 +90,7 @@ pub(crate) fn recover(
             let file = storage.open(INDEX_FILE, true)?;
             storage.sync_dir()?;
             report.index_rebuilt = true;
-            let index = Index::open(file, cache_size)?;
+            let index = Index::open(file, cache_size, true)?;
             (index.checkpoint()?, index)
         }
         Err(e) => return Err(e),
