@@ -168,5 +168,6 @@ from_redb!(
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,
-    redb::CommitError
+    redb::CommitError,
+    redb::CursorError
 );

@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
+use std::ops::Bound;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +41,12 @@ const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
 const EXPIRY: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("expiry");
 const IN_PROGRESS: TableDefinition<&[u8], ()> = TableDefinition::new("in_progress");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Where [`Index::compact`] rebuilds each table before renaming it into place; they exist
+/// only inside its transaction.
+const RECORDS_REPACKED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records.repacked");
+const EXPIRY_REPACKED: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("expiry.repacked");
+const IN_PROGRESS_REPACKED: TableDefinition<&[u8], ()> =
+    TableDefinition::new("in_progress.repacked");
 
 const META_CHECKPOINT_LSN: &str = "checkpoint_lsn";
 const META_NEXT_TOKEN: &str = "next_token";
@@ -242,18 +249,30 @@ impl Index {
                 let mut records = txn.open_table(RECORDS)?;
                 let mut expiry = txn.open_table(EXPIRY)?;
                 let mut in_progress = txn.open_table(IN_PROGRESS)?;
-                let mut due: Vec<(u64, Vec<u8>)> = Vec::new();
-                for row in expiry.range::<(u64, &[u8])>(..(now.saturating_add(1), &[][..]))? {
-                    let (k, _) = row?;
-                    let (at, key) = k.value();
+                // The oldest rows, removed in one run from the front of the table.
+                let mut due: Vec<(Vec<u8>, u64)> = Vec::new();
+                let mut cursor = expiry.lower_bound_mut(Bound::<(u64, &[u8])>::Unbounded)?;
+                loop {
+                    let Some((row, _)) = cursor.peek_next()? else {
+                        break;
+                    };
+                    let (at, key) = row.value();
+                    if at > now {
+                        break;
+                    }
                     if due.len() == limit {
                         more = true;
                         break;
                     }
-                    due.push((at, key.to_vec()));
+                    due.push((key.to_vec(), at));
+                    drop(row);
+                    cursor.remove_next()?;
                 }
-                for (at, key) in due {
-                    expiry.remove((at, key.as_slice()))?;
+                cursor.close()?;
+                // In key order: a key whose leaf an earlier removal already copied is
+                // removed in place.
+                due.sort_unstable();
+                for (key, at) in due {
                     // One walk of `records` per key: remove, and put back in the rare case of
                     // a stale row (the record moved on to another expiry).
                     let Some(old) = records.remove(key.as_slice())?.map(|v| v.value().to_vec())
@@ -293,14 +312,24 @@ impl Index {
         })
     }
 
-    /// Gives the file's free pages back (redb's compaction), when nothing reads the index:
-    /// for a closed store only, since readers would wait for it. Returns whether it ran; a
-    /// reader still holding a snapshot makes it skip.
+    /// Repacks the tables into full pages, then gives the file's free pages back (redb's
+    /// compaction), when nothing reads the index: for a closed store only, since readers
+    /// would wait for it. Returns whether the file was compacted; a reader still holding a
+    /// snapshot makes it skip that step.
+    ///
+    /// Repacking matters as much as the compaction: a B-tree filled by random inserts keeps
+    /// its leaves about two thirds full, and TTL compaction's scattered removals thin them
+    /// further, while redb's compaction moves pages without merging them.
     pub fn compact(&self) -> Result<bool> {
         guarded(|| {
             let mut db = self.db.write();
             // Our own snapshot is a read transaction too.
             drop(self.snapshot.swap(None));
+            let txn = durable_write(&db)?;
+            repack(&txn, RECORDS, RECORDS_REPACKED)?;
+            repack(&txn, EXPIRY, EXPIRY_REPACKED)?;
+            repack(&txn, IN_PROGRESS, IN_PROGRESS_REPACKED)?;
+            txn.commit()?;
             let compacted = match db.compact() {
                 Ok(done) => done,
                 Err(redb::CompactionError::TransactionInProgress) => false,
@@ -369,6 +398,29 @@ fn read_checkpoint(meta: &impl ReadableTable<&'static str, u64>) -> Result<Check
             format!("{INDEX_FILE} meta table"),
         )),
     }
+}
+
+/// Rewrites `table` in key order into the empty table `scratch` through a cursor, whose runs
+/// of ordered inserts redb packs into full leaves, then puts it in `table`'s place. Within
+/// `txn`: a crash before its commit leaves the old table.
+fn repack<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &redb::WriteTransaction,
+    table: TableDefinition<K, V>,
+    scratch: TableDefinition<K, V>,
+) -> Result<()> {
+    {
+        let old = txn.open_table(table)?;
+        let mut new = txn.open_table(scratch)?;
+        let mut cursor = new.upper_bound_mut(Bound::<K::SelfType<'_>>::Unbounded)?;
+        for row in old.iter()? {
+            let (key, value) = row?;
+            cursor.insert_before(key.value(), value.value())?;
+        }
+        cursor.close()?;
+    }
+    txn.delete_table(table)?;
+    txn.rename_table(scratch, table)?;
+    Ok(())
 }
 
 /// Begins a write transaction that commits durably with quick-repair. Every durable commit is

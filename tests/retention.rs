@@ -4,9 +4,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{claim, clock, complete_all, completed, key, options, sim_store};
+use common::{claim, clock, completed, key, options, sim_store};
 use idemstore::storage::SimDisk;
-use idemstore::{Begin, Durability};
+use idemstore::{Begin, Durability, RecordState};
 
 #[test]
 fn a_completed_record_expires_retention_after_completion() {
@@ -117,9 +117,10 @@ fn background_compaction_runs_on_its_interval() {
 }
 
 /// Closing after a large purge compacts the index file: redb reuses freed pages but never
-/// shrinks its file by itself.
+/// shrinks its file by itself, nor merges the leaves that scattered removals thinned. The
+/// tables are repacked into full pages, with every row (records, expiry, open claims) kept.
 #[test]
-fn closing_after_a_large_purge_shrinks_the_index_file() {
+fn closing_after_a_large_purge_repacks_and_shrinks_the_index_file() {
     let clock = clock();
     let dir = tempfile::tempdir().unwrap();
     let open = || {
@@ -129,10 +130,25 @@ fn closing_after_a_large_purge_shrinks_the_index_file() {
             .unwrap()
     };
     let store = open();
-    let outcome = vec![b'x'; 1000];
-    complete_all(&store, 0..6_000, &outcome);
+    // The benchmark's sizes: many records to a leaf, so that fill shows.
+    let outcome = vec![b'x'; 200];
+    // Every key but each seventh expires: the removals are scattered over every leaf.
+    let lives = |n: &u64| n.is_multiple_of(7);
+    for n in (0..7_000).filter(|n| !lives(n)) {
+        store
+            .complete(&claim(&store, &key(n), b"req"), &outcome)
+            .unwrap();
+    }
     clock.advance(Duration::from_secs(50));
-    complete_all(&store, 6_000..7_000, &outcome);
+    for n in (0..7_000).filter(lives) {
+        store
+            .complete(&claim(&store, &key(n), b"req"), &outcome)
+            .unwrap();
+    }
+    // Claims left open: their rows in `in_progress` must survive the repack.
+    let open_claims: Vec<_> = (7_000..7_010)
+        .map(|n| claim(&store, &key(n), b"req").token())
+        .collect();
     store.close().unwrap();
     let index = dir.path().join("index.redb");
     let full = std::fs::metadata(&index).unwrap().len();
@@ -142,13 +158,29 @@ fn closing_after_a_large_purge_shrinks_the_index_file() {
     assert_eq!(store.purge_expired().unwrap(), 6_000);
     store.close().unwrap();
     let compacted = std::fs::metadata(&index).unwrap().len();
+    // 1 000 live records of a 200-byte outcome and a 48-byte key.
+    let live = 1_000 * (200 + 48);
     assert!(
-        compacted * 2 < full,
-        "index file {full} bytes before the purge, {compacted} after closing"
+        compacted < 2 * live,
+        "index file {full} bytes before the purge, {compacted} after closing, {live} live"
     );
+    let report = idemstore::verify_dir(dir.path()).unwrap();
+    assert!(report.is_clean(), "{report:?}");
     let store = open();
-    for n in 6_000..7_000 {
-        assert_eq!(completed(&store, &key(n), b"req").data(), &outcome[..]);
+    for n in 0..7_000 {
+        match lives(&n) {
+            true => assert_eq!(completed(&store, &key(n), b"req").data(), &outcome[..]),
+            false => assert!(store.get(&key(n)).unwrap().is_none(), "key {n}"),
+        }
     }
-    assert!(store.get(&key(0)).unwrap().is_none());
+    assert_eq!(store.stats().unwrap().in_progress, 10);
+    for (n, token) in (7_000..7_010).zip(open_claims) {
+        match store.get(&key(n)).unwrap().map(|r| r.state()) {
+            Some(RecordState::InProgress { token: t, .. }) => assert_eq!(t, token),
+            other => panic!("key {n}: {other:?}"),
+        }
+    }
+    // The expiry rows came through too: the completed records still leave on time.
+    clock.advance(Duration::from_secs(100));
+    assert_eq!(store.purge_expired().unwrap(), 1_010);
 }
