@@ -129,6 +129,8 @@ pub(crate) struct Core {
     pub next_token: u64,
     pub acknowledged_lsn: u64,
     leader: bool,
+    /// How many changes the last batch held.
+    last_batch: usize,
     failure: Option<String>,
 }
 
@@ -188,6 +190,7 @@ impl Shared {
                 next_token: parts.next_token,
                 acknowledged_lsn: last_lsn,
                 leader: false,
+                last_batch: 0,
                 failure: None,
             }),
             acknowledged: Condvar::new(),
@@ -353,8 +356,15 @@ impl Shared {
             }
             core.leader = true;
             // Callers just woken by the previous batch are about to enqueue: let them, so that
-            // one sync serves them all instead of this caller alone.
-            for _ in 0..GATHER_ROUNDS {
+            // one sync serves them all instead of this caller alone. Not when the previous
+            // batch held one change: a lone caller would yield for no one, and a yield costs
+            // as much as a tenth of a sync on a busy machine.
+            let rounds = if core.last_batch > 1 {
+                GATHER_ROUNDS
+            } else {
+                0
+            };
+            for _ in 0..rounds {
                 let before = core.changes.len();
                 MutexGuard::unlocked(&mut core, thread::yield_now);
                 if core.changes.len() == before {
@@ -363,6 +373,7 @@ impl Shared {
             }
             let frames = mem::take(&mut core.frames);
             let changes = mem::take(&mut core.changes);
+            core.last_batch = changes.len();
             let last = core.next_lsn - 1;
             let result = MutexGuard::unlocked(&mut core, || self.commit_batch(&frames, changes));
             core.leader = false;
