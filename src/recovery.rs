@@ -9,7 +9,8 @@
 //!    torn tail from corruption) and return its records in LSN order. They are not applied
 //!    to the index here: the store serves them from its acknowledged layer in memory and
 //!    applies them in chunks afterwards, like any acknowledged change, so that reopening
-//!    costs a read of the log, not a B-tree insert per record. Each record sets its key's
+//!    costs a read of the log, not a B-tree insert per record. A second thread builds that
+//!    layer (each key's latest change) from chunks of the records while the log is read. Each record sets its key's
 //!    whole state, so replay is idempotent: a crash before the next checkpoint just replays
 //!    again.
 //! 3. Cut a torn tail: truncate the last segment where the damage starts (or remove a
@@ -22,7 +23,9 @@
 //!    the log's end (records acknowledged without a sync and lost with power after the index
 //!    had checkpointed them), so that LSNs stay in sequence within each segment.
 
-use std::sync::Arc;
+use std::mem;
+use std::sync::{Arc, mpsc};
+use std::thread;
 use std::time::Instant;
 
 use crate::commit::{Recent, publish};
@@ -35,6 +38,9 @@ use crate::log::writer::Writer;
 use crate::record::{Body, Entry};
 use crate::stats::RecoveryReport;
 use crate::storage::Storage;
+
+/// Replayed changes handed at a time to the thread that builds the acknowledged layer.
+const REPLAY_CHUNK: usize = 4096;
 
 /// An opened, recovered store's parts.
 pub(crate) struct Recovered {
@@ -98,38 +104,64 @@ pub(crate) fn recover(
     report.checkpoint_lsn = checkpoint.lsn;
     report.index_repaired = index.repaired_on_open();
 
+    // The acknowledged layer is built on a second thread while the log is read and decoded:
+    // each is about half of the replay's work.
     let mut max_token = 0u64;
-    let mut changes: Vec<Change> = Vec::new();
     let mut claimed = Vec::new();
-    let log = reader::read(
-        storage.as_ref(),
-        checkpoint.lsn,
-        false,
-        |lsn, e, location| {
-            if let Some(bytes) = e.entry {
-                let entry = Entry::decode(e.key, bytes, location)?;
-                // Tokens count up from 1: the last one can never have been handed out, and
-                // the next open could hand out none above it.
-                if entry.token == u64::MAX {
-                    return Err(Error::corruption(
-                        "record fencing token out of range",
-                        location(),
-                    ));
-                }
-                max_token = max_token.max(entry.token);
-                if matches!(entry.body, Body::InProgress { .. }) {
-                    claimed.push(hash::hash(e.key));
-                }
+    let (log, changes, recent) = thread::scope(|scope| {
+        let (send, receive) = mpsc::sync_channel::<Vec<Change>>(4);
+        let builder = scope.spawn(move || {
+            let mut changes: Vec<Change> = Vec::new();
+            let mut recent = Recent::default();
+            for chunk in receive {
+                publish(&mut recent, &chunk);
+                changes.extend(chunk);
             }
-            changes.push(Change {
-                lsn,
-                key: Arc::from(e.key),
-                entry: e.entry.map(Arc::from),
-            });
-            report.replayed += 1;
-            Ok(())
-        },
-    )?;
+            (changes, recent)
+        });
+        let mut chunk = Vec::with_capacity(REPLAY_CHUNK);
+        let log = reader::read(
+            storage.as_ref(),
+            checkpoint.lsn,
+            false,
+            |lsn, e, location| {
+                if let Some(bytes) = e.entry {
+                    let entry = Entry::decode(e.key, bytes, location)?;
+                    // Tokens count up from 1: the last one can never have been handed out,
+                    // and the next open could hand out none above it.
+                    if entry.token == u64::MAX {
+                        return Err(Error::corruption(
+                            "record fencing token out of range",
+                            location(),
+                        ));
+                    }
+                    max_token = max_token.max(entry.token);
+                    if matches!(entry.body, Body::InProgress { .. }) {
+                        claimed.push(hash::hash(e.key));
+                    }
+                }
+                chunk.push(Change {
+                    lsn,
+                    key: Arc::from(e.key),
+                    entry: e.entry.map(Arc::from),
+                });
+                if chunk.len() == REPLAY_CHUNK {
+                    let full = mem::replace(&mut chunk, Vec::with_capacity(REPLAY_CHUNK));
+                    // The builder only stops when this side hangs up.
+                    let _ = send.send(full);
+                }
+                Ok(())
+            },
+        );
+        let _ = send.send(chunk);
+        drop(send);
+        let built = builder
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (log, built.0, built.1)
+    });
+    let log = log?;
+    report.replayed = changes.len() as u64;
     report.segments_read = log.segments_read;
 
     if let Some(torn) = &log.torn {
@@ -203,8 +235,6 @@ pub(crate) fn recover(
     }
     // Only what the index holds durably: the replayed records are not in it yet.
     writer.remove_behind(checkpoint.lsn)?;
-    let mut recent = Recent::with_capacity_and_hasher(changes.len(), Default::default());
-    publish(&mut recent, &changes);
     // Claims open now: the replayed ones, and the index's whose key no replayed change moved on.
     let replayed_open = recent
         .values()
