@@ -12,7 +12,7 @@ use crate::key::describe;
 use crate::log::reader;
 use crate::record::Entry;
 use crate::stats::TornTail;
-use crate::storage::{FsStorage, Storage};
+use crate::storage::{FsStorage, Overlay, Storage};
 
 /// What [`verify`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -78,6 +78,9 @@ pub fn verify(storage: impl Storage) -> Result<VerifyReport> {
         });
         return Ok(report);
     }
+    // Every file read through an overlay: opened read-only, nothing written (the lock file
+    // included, where none exists on a read-only file system).
+    let storage = Overlay::new(storage);
     let _lock = storage.try_lock()?.ok_or_else(|| Error::Locked {
         path: storage.describe(),
     })?;

@@ -457,3 +457,69 @@ fn bench_reports_write_and_lookup_throughput() {
     // The temporary store is removed afterwards.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+/// A store on a read-only file system (a backup mounted read-only, say): `stats`, `get` and
+/// `verify` open every file read-only and take the lock without creating anything, with or
+/// without a lock file there. It runs in a private mount namespace (`unshare`, which needs
+/// root, as on CI); where that is refused it says it skipped.
+#[test]
+fn reading_commands_work_on_a_read_only_mount() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    make_store(&store);
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    // Exit 97: no mount rights. Each round mounts a fresh copy read-only; the second has no
+    // lock file, which a writer would have had to create.
+    let script = r#"
+        set -e
+        round() {
+            mount -t tmpfs tmpfs "$MNT" || exit 97
+            cp -a "$STORE/." "$MNT/"
+            if [ "$1" = no-lock ]; then rm "$MNT/LOCK"; fi
+            mount -o remount,ro "$MNT"
+            if touch "$MNT/probe" 2>/dev/null; then exit 98; fi
+            echo "== $1"
+            "$BIN" stats "$MNT" --json
+            "$BIN" get "$MNT" --client alice --request charge-1 --resource "$RESOURCE"
+            "$BIN" verify "$MNT"
+            ls -A "$MNT"
+            umount "$MNT"
+        }
+        round with-lock
+        round no-lock
+    "#;
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .env("MNT", &mnt)
+        .env("STORE", &store)
+        .env("RESOURCE", RESOURCE)
+        .env("BIN", env!("CARGO_BIN_EXE_idemstore"))
+        .output();
+    let out = match out {
+        Ok(out) if out.status.code() != Some(97) && !stderr(&out).starts_with("unshare:") => out,
+        Ok(out) => {
+            eprintln!("skipped: no right to mount here: {}", stderr(&out));
+            return;
+        }
+        Err(e) => {
+            eprintln!("skipped: unshare not available: {e}");
+            return;
+        }
+    };
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "stdout: {text}\nstderr: {}",
+        stderr(&out)
+    );
+    for round in text.split("== ").skip(1) {
+        assert!(round.contains(r#""records":4,"in_progress":1"#), "{round}");
+        assert!(round.contains(r#"{"charge":"ch_1"}"#), "{round}");
+        assert!(round.contains(": OK ("), "{round}");
+    }
+    assert_eq!(text.matches("== ").count(), 2, "{text}");
+    // Nothing was created: the second copy still has no lock file.
+    let no_lock = text.split("== no-lock").nth(1).unwrap();
+    assert!(!no_lock.contains("LOCK"), "{no_lock}");
+}

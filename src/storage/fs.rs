@@ -71,15 +71,39 @@ impl Storage for FsStorage {
             .create(true)
             .truncate(false)
             .open(self.dir.join(LOCK_FILE))?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(Box::new(file))),
-            Err(TryLockError::WouldBlock) => Ok(None),
-            Err(TryLockError::Error(e)) => Err(e),
+        lock(file)
+    }
+
+    fn open_read(&self, name: &str) -> io::Result<Arc<dyn StorageFile>> {
+        let file = File::open(self.dir.join(name))?;
+        Ok(Arc::new(FsFile { file }))
+    }
+
+    /// The lock file opened read-only (`flock` needs no write access). Where it is missing
+    /// and cannot be created because the file system is read-only, no lock is needed: no
+    /// writer can open the store there.
+    fn try_lock_read(&self) -> io::Result<Option<Box<dyn Any + Send + Sync>>> {
+        match File::open(self.dir.join(LOCK_FILE)) {
+            Ok(file) => lock(file),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match self.try_lock() {
+                Err(e) if e.kind() == io::ErrorKind::ReadOnlyFilesystem => Ok(Some(Box::new(()))),
+                taken => taken,
+            },
+            Err(e) => Err(e),
         }
     }
 
     fn describe(&self) -> String {
         self.dir.display().to_string()
+    }
+}
+
+/// Takes the exclusive lock on the open lock file: `Ok(None)` if another handle holds it.
+fn lock(file: File) -> io::Result<Option<Box<dyn Any + Send + Sync>>> {
+    match file.try_lock() {
+        Ok(()) => Ok(Some(Box::new(file))),
+        Err(TryLockError::WouldBlock) => Ok(None),
+        Err(TryLockError::Error(e)) => Err(e),
     }
 }
 

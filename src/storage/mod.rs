@@ -45,6 +45,20 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// lock is held until the returned guard is dropped.
     fn try_lock(&self) -> io::Result<Option<Box<dyn Any + Send + Sync>>>;
 
+    /// Opens the existing file `name` only to read it: all a read-only open of the store
+    /// does, so that it works where nothing can be written (a read-only mount). The default
+    /// is [`Storage::open`] without `create`.
+    fn open_read(&self, name: &str) -> io::Result<Arc<dyn StorageFile>> {
+        self.open(name, false)
+    }
+
+    /// Takes the lock like [`Storage::try_lock`] (the default), for a handle that writes
+    /// nothing: it may succeed without a lock where nothing in the directory can be written,
+    /// since no writer can open the store there either.
+    fn try_lock_read(&self) -> io::Result<Option<Box<dyn Any + Send + Sync>>> {
+        self.try_lock()
+    }
+
     /// A name for messages: the directory path, or the simulated disk's name.
     fn describe(&self) -> String;
 }

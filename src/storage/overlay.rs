@@ -76,7 +76,7 @@ impl Storage for Overlay {
             Some(Name::Removed) if !create => return Err(not_found(name)),
             Some(Name::Removed) => Arc::new(OverlayFile::empty()),
             // Never `create` on the base: a missing file is created in memory.
-            None => match self.base.open(name, false) {
+            None => match self.base.open_read(name) {
                 Ok(base) => Arc::new(OverlayFile::over(base)?),
                 Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
                     Arc::new(OverlayFile::empty())
@@ -110,7 +110,7 @@ impl Storage for Overlay {
             Some(Name::Open(_)) => {}
             Some(Name::Removed) => return Err(not_found(name)),
             // Opened only to learn that the base holds the name.
-            None => drop(self.base.open(name, false)?),
+            None => drop(self.base.open_read(name)?),
         }
         // Handles already open keep working, as for an unlinked file.
         names.insert(name.to_string(), Name::Removed);
@@ -122,7 +122,7 @@ impl Storage for Overlay {
     }
 
     fn try_lock(&self) -> io::Result<Option<Box<dyn Any + Send + Sync>>> {
-        self.base.try_lock()
+        self.base.try_lock_read()
     }
 
     fn describe(&self) -> String {
