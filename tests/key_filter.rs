@@ -46,8 +46,8 @@ fn a_reopened_store_finds_every_key_once_its_filter_is_built() {
     assert!(store.get(&key(9_999)).unwrap().is_some());
 }
 
-/// Writers outgrow the filter twice (it is rebuilt at 64Ki and again at about 128Ki keys)
-/// while readers check that every acknowledged key is found: a build that missed a key
+/// Writers outgrow the filter at least twice (it is rebuilt at about 64Ki keys and again
+/// later) while readers check that every acknowledged key is found: a build that missed a key
 /// written while it scanned would show as a miss here.
 #[test]
 fn keys_written_during_rebuilds_are_never_reported_absent() {
@@ -109,7 +109,19 @@ fn keys_written_during_rebuilds_are_never_reported_absent() {
         stats.key_filter_builds >= 3,
         "expected two rebuilds: {stats:?}"
     );
-    assert!(stats.key_filter_capacity >= 200_000, "{stats:?}");
+    // When the writers outgrew the filter depends on timing (a key counted by both the scan
+    // and a concurrent write makes a filter look full early); what must hold is that the
+    // filter grows with the keys. A filter that filled up is rebuilt at the next claim.
+    let c = claim(&store, &key(WRITERS, 0), b"req");
+    store.complete(&c, b"last").unwrap();
+    if stats.key_filter_capacity < stats.records {
+        wait_for_filter(&store, stats.key_filter_builds + 1);
+    }
+    let after = store.stats().unwrap();
+    assert!(
+        after.key_filter_capacity >= stats.records,
+        "the filter did not grow with the keys: {after:?}"
+    );
     for w in 0..WRITERS {
         for n in 0..PER_WRITER {
             assert!(store.get(&key(w, n)).unwrap().is_some(), "w{w}/r{n}");
