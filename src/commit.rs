@@ -290,7 +290,10 @@ impl Shared {
         }
         // Taken after `recent` was read: a key leaves `recent` only once a snapshot holds it.
         match self.index.snapshot() {
-            Ok(snapshot) => self.filters.spawn_build(building, snapshot),
+            Ok(snapshot) => {
+                let in_thread = self.storage.helper_threads();
+                self.filters.start_build(building, snapshot, in_thread);
+            }
             // Closed: no one will look anything up.
             Err(_) => self.filters.cancel_build(),
         }

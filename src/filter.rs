@@ -161,7 +161,7 @@ impl Filters {
     /// Starts a build sized for `capacity` keys, unless one is running: installs its empty
     /// filter, so that every write from now on inserts into it, and returns it. The caller
     /// holds the `core` lock, adds the keys in flight and in `recent`, and then hands an
-    /// index snapshot taken after that to [`Filters::spawn_build`].
+    /// index snapshot taken after that to [`Filters::start_build`].
     pub fn begin_build(&self, capacity: u64) -> Option<Arc<KeyFilter>> {
         let mut building = self.building.lock();
         if building.is_some() || self.stop.load(Ordering::Relaxed) {
@@ -172,25 +172,24 @@ impl Filters {
         Some(filter)
     }
 
-    /// Scans `snapshot`'s keys into `filter` in a thread, then makes it the ready filter.
-    pub fn spawn_build(self: &Arc<Filters>, filter: Arc<KeyFilter>, snapshot: Snapshot) {
+    /// Scans `snapshot`'s keys into `filter`, then makes it the ready filter: in a thread of
+    /// its own, or, without `in_thread`, before returning (see [`Storage::helper_threads`]).
+    ///
+    /// [`Storage::helper_threads`]: crate::storage::Storage::helper_threads
+    pub fn start_build(
+        self: &Arc<Filters>,
+        filter: Arc<KeyFilter>,
+        snapshot: Snapshot,
+        in_thread: bool,
+    ) {
+        if !in_thread {
+            self.build(filter, snapshot);
+            return;
+        }
         let filters = self.clone();
         let spawned = thread::Builder::new()
             .name("idemstore-filter".into())
-            .spawn(move || {
-                let scanned = index::scan_keys(&snapshot, |key| {
-                    filter.insert(hash(key));
-                    !filters.stop.load(Ordering::Relaxed)
-                });
-                drop(snapshot);
-                let mut building = filters.building.lock();
-                // On an index error or a stop, the ready filter (if any) stays: still correct.
-                if matches!(scanned, Ok(true)) {
-                    filters.ready.store(Some(filter));
-                    filters.builds.fetch_add(1, Ordering::Relaxed);
-                }
-                *building = None;
-            });
+            .spawn(move || filters.build(filter, snapshot));
         match spawned {
             Ok(thread) => {
                 if let Some(done) = self.thread.lock().replace(thread) {
@@ -199,6 +198,21 @@ impl Filters {
             }
             Err(_) => self.cancel_build(),
         }
+    }
+
+    fn build(&self, filter: Arc<KeyFilter>, snapshot: Snapshot) {
+        let scanned = index::scan_keys(&snapshot, |key| {
+            filter.insert(hash(key));
+            !self.stop.load(Ordering::Relaxed)
+        });
+        drop(snapshot);
+        let mut building = self.building.lock();
+        // On an index error or a stop, the ready filter (if any) stays: still correct.
+        if matches!(scanned, Ok(true)) {
+            self.ready.store(Some(filter));
+            self.builds.fetch_add(1, Ordering::Relaxed);
+        }
+        *building = None;
     }
 
     /// Forgets a build begun with [`Filters::begin_build`] that will not be spawned.

@@ -59,6 +59,15 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
         self.try_lock()
     }
 
+    /// Whether the store may call this storage from helper threads of its own while the
+    /// caller's call runs: an open reads the log while the index opens, and the key filter is
+    /// built from an index snapshot in a thread. The default is yes. The simulated disk says
+    /// no, to keep a seed's run reproducible: its faults count calls, and the page layout
+    /// redb writes depends on which of its read transactions are still alive.
+    fn helper_threads(&self) -> bool {
+        true
+    }
+
     /// A name for messages: the directory path, or the simulated disk's name.
     fn describe(&self) -> String;
 }

@@ -125,6 +125,10 @@ impl Storage for Overlay {
         self.base.try_lock_read()
     }
 
+    fn helper_threads(&self) -> bool {
+        self.base.helper_threads()
+    }
+
     fn describe(&self) -> String {
         format!("{} (opened read-only)", self.base.describe())
     }

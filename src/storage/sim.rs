@@ -373,6 +373,10 @@ impl Storage for SimDisk {
         })))
     }
 
+    fn helper_threads(&self) -> bool {
+        false
+    }
+
     fn describe(&self) -> String {
         format!("simulated disk {}", self.name)
     }
