@@ -10,9 +10,18 @@
 //!    to the index here: the store serves them from its acknowledged layer in memory and
 //!    applies them in chunks afterwards, like any acknowledged change, so that reopening
 //!    costs a read of the log, not a B-tree insert per record. A second thread builds that
-//!    layer (each key's latest change) from chunks of the records while the log is read. Each record sets its key's
-//!    whole state, so replay is idempotent: a crash before the next checkpoint just replays
-//!    again.
+//!    layer (each key's latest change) from chunks of the records while the log is read.
+//!    Each record sets its key's whole state, so replay is idempotent: a crash before the
+//!    next checkpoint just replays again.
+//!
+//!    Steps 1 and 2 run at once (on storage that allows it, see
+//!    [`Storage::helper_threads`]): after a crash, opening the index costs redb's sync of the
+//!    pages the dead process left dirty, about as long as reading the log. Since the
+//!    checkpoint is not known yet, the log is read from its first segment, and the records
+//!    at or before the checkpoint are dropped once it is. That equals the read after the
+//!    checkpoint when the log starts at or before it and the read cut nothing (no gap, no
+//!    damage, whose verdict can depend on the checkpoint); otherwise the log is read again
+//!    after the checkpoint.
 //! 3. Cut a torn tail: truncate the last segment where the damage starts (or remove a
 //!    segment whose creation was cut short); report it in [`RecoveryReport::torn_tail`]. Sync
 //!    the last segment and the directory either way: what was read back, and the names of
@@ -32,12 +41,12 @@ use crate::commit::{Recent, publish};
 use crate::error::{Error, Result};
 use crate::hash;
 use crate::index::{Change, Checkpoint, INDEX_FILE, Index, is_in_progress};
-use crate::log::reader::{self, Tail};
+use crate::log::reader::{self, LogRead, Tail};
 use crate::log::segment;
 use crate::log::writer::Writer;
 use crate::record::{Body, Entry};
 use crate::stats::RecoveryReport;
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageFile};
 
 /// Replayed changes handed at a time to the thread that builds the acknowledged layer.
 const REPLAY_CHUNK: usize = 4096;
@@ -79,88 +88,47 @@ pub(crate) fn recover(
         created,
         ..RecoveryReport::default()
     };
-    let opened = Index::open(index_file, cache_size, created)
-        .and_then(|index| Ok((index.checkpoint()?, index)));
-    let (checkpoint, index) = match opened {
-        Ok(opened) => opened,
-        // A damaged index with a log that holds every change since the store was created (its
-        // first segment starts at LSN 1) is rebuilt from the log, losing nothing. With a
-        // trimmed log, or none, it stays an error.
-        Err(Error::Corruption { .. })
-            if reader::list_segments(storage.as_ref())?
-                .first()
-                .is_some_and(|(lsn, _)| *lsn == 1) =>
-        {
-            storage.remove(INDEX_FILE)?;
-            storage.sync_dir()?;
-            let file = storage.open(INDEX_FILE, true)?;
-            storage.sync_dir()?;
-            report.index_rebuilt = true;
-            let index = Index::open(file, cache_size, true)?;
-            (index.checkpoint()?, index)
-        }
-        Err(e) => return Err(e),
+    // The index opens (after a crash, redb first syncs the pages the dead process left
+    // dirty) while the log is read. The checkpoint is not known until the index is open, so
+    // the log is read from its first segment on, and what the checkpoint covers is dropped
+    // afterwards (see `Replay::after`).
+    let open = move || open_index(storage, index_file, cache_size, created);
+    let guess = reader::list_segments(storage.as_ref())?
+        .first()
+        .map_or(0, |(lsn, _)| lsn.saturating_sub(1));
+    let (opened, from_start) = if storage.helper_threads() {
+        thread::scope(|scope| {
+            let opening = scope.spawn(open);
+            let from_start = read_log(storage.as_ref(), guess);
+            let opened = opening
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (opened, from_start)
+        })
+    } else {
+        (open(), read_log(storage.as_ref(), guess))
     };
+    let (index, checkpoint, rebuilt) = opened?;
+    report.index_rebuilt = rebuilt;
     report.checkpoint_lsn = checkpoint.lsn;
     report.index_repaired = index.repaired_on_open();
 
-    // The acknowledged layer is built on a second thread while the log is read and decoded:
-    // each is about half of the replay's work.
-    let mut max_token = 0u64;
-    let mut claimed = Vec::new();
-    let (log, changes, recent) = thread::scope(|scope| {
-        let (send, receive) = mpsc::sync_channel::<Vec<Change>>(4);
-        let builder = scope.spawn(move || {
-            let mut changes: Vec<Change> = Vec::new();
-            let mut recent = Recent::default();
-            for chunk in receive {
-                publish(&mut recent, &chunk);
-                changes.extend(chunk);
-            }
-            (changes, recent)
-        });
-        let mut chunk = Vec::with_capacity(REPLAY_CHUNK);
-        let log = reader::read(
-            storage.as_ref(),
-            checkpoint.lsn,
-            false,
-            |lsn, e, location| {
-                if let Some(bytes) = e.entry {
-                    let entry = Entry::decode(e.key, bytes, location)?;
-                    // Tokens count up from 1: the last one can never have been handed out,
-                    // and the next open could hand out none above it.
-                    if entry.token == u64::MAX {
-                        return Err(Error::corruption(
-                            "record fencing token out of range",
-                            location(),
-                        ));
-                    }
-                    max_token = max_token.max(entry.token);
-                    if matches!(entry.body, Body::InProgress { .. }) {
-                        claimed.push(hash::hash(e.key));
-                    }
-                }
-                chunk.push(Change {
-                    lsn,
-                    key: Arc::from(e.key),
-                    entry: e.entry.map(Arc::from),
-                });
-                if chunk.len() == REPLAY_CHUNK {
-                    let full = mem::replace(&mut chunk, Vec::with_capacity(REPLAY_CHUNK));
-                    // The builder only stops when this side hangs up.
-                    let _ = send.send(full);
-                }
-                Ok(())
-            },
-        );
-        let _ = send.send(chunk);
-        drop(send);
-        let built = builder
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        (log, built.0, built.1)
-    });
-    let log = log?;
+    let Replay {
+        log,
+        changes,
+        recent,
+        claimed,
+        max_token,
+    } = match from_start {
+        // Read from where the log starts, the result is the read after the checkpoint plus
+        // the records the checkpoint covers, as long as the log starts at or before the
+        // checkpoint and nothing was cut: neither read met a gap or damage. Otherwise the
+        // log is read again, after the checkpoint, and its rules decide.
+        Ok(read) if guess <= checkpoint.lsn && read.log.torn.is_none() => {
+            read.after(checkpoint.lsn)
+        }
+        _ => read_log(storage.as_ref(), checkpoint.lsn)?,
+    };
     report.replayed = changes.len() as u64;
     report.segments_read = log.segments_read;
 
@@ -255,7 +223,129 @@ pub(crate) fn recover(
         checkpoint_lsn: checkpoint.lsn,
         replayed: changes,
         recent,
-        claimed,
+        claimed: claimed.into_iter().map(|(_, hash)| hash).collect(),
         report,
+    })
+}
+
+/// Opens the index and reads its checkpoint, rebuilding a damaged index when the log holds
+/// every change since the store was created (its first segment starts at LSN 1). With a
+/// trimmed log, or none, damage stays an error. Also returns whether it was rebuilt.
+fn open_index(
+    storage: &Arc<dyn Storage>,
+    file: Arc<dyn StorageFile>,
+    cache_size: usize,
+    created: bool,
+) -> Result<(Index, Checkpoint, bool)> {
+    let opened =
+        Index::open(file, cache_size, created).and_then(|index| Ok((index.checkpoint()?, index)));
+    match opened {
+        Ok((checkpoint, index)) => Ok((index, checkpoint, false)),
+        Err(Error::Corruption { .. })
+            if reader::list_segments(storage.as_ref())?
+                .first()
+                .is_some_and(|(lsn, _)| *lsn == 1) =>
+        {
+            storage.remove(INDEX_FILE)?;
+            storage.sync_dir()?;
+            let file = storage.open(INDEX_FILE, true)?;
+            storage.sync_dir()?;
+            let index = Index::open(file, cache_size, true)?;
+            let checkpoint = index.checkpoint()?;
+            Ok((index, checkpoint, true))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The log as read after some LSN, and what recovery keeps of it.
+struct Replay {
+    log: LogRead,
+    /// The records after that LSN, in LSN order.
+    changes: Vec<Change>,
+    /// Each key's latest record among `changes`.
+    recent: Recent,
+    /// The LSNs and key filter hashes of the claims among `changes`.
+    claimed: Vec<(u64, u64)>,
+    /// The highest fencing token in the records read.
+    max_token: u64,
+}
+
+impl Replay {
+    /// What a read after `lsn` would have kept, from a read after an earlier LSN that met
+    /// no damage and no gap (so that both reads saw the same frames).
+    ///
+    /// `max_token` keeps the tokens of the dropped records: the checkpoint's next token
+    /// already lies above them in a sound store, and a higher next token is always safe.
+    fn after(mut self, lsn: u64) -> Replay {
+        let behind = self.changes.partition_point(|c| c.lsn <= lsn);
+        if behind > 0 {
+            self.changes.drain(..behind);
+            self.recent.retain(|_, (latest, _)| *latest > lsn);
+            self.claimed.retain(|(claim, _)| *claim > lsn);
+        }
+        self
+    }
+}
+
+/// Reads the log after `after` and collects its records (see [`reader::read`] for the rules).
+/// A second thread builds the acknowledged layer from chunks of the records while the log
+/// is read and decoded: each is about half of the work.
+fn read_log(storage: &dyn Storage, after: u64) -> Result<Replay> {
+    let mut max_token = 0u64;
+    let mut claimed = Vec::new();
+    let (log, changes, recent) = thread::scope(|scope| {
+        let (send, receive) = mpsc::sync_channel::<Vec<Change>>(4);
+        let builder = scope.spawn(move || {
+            let mut changes: Vec<Change> = Vec::new();
+            let mut recent = Recent::default();
+            for chunk in receive {
+                publish(&mut recent, &chunk);
+                changes.extend(chunk);
+            }
+            (changes, recent)
+        });
+        let mut chunk = Vec::with_capacity(REPLAY_CHUNK);
+        let log = reader::read(storage, after, false, |lsn, e, location| {
+            if let Some(bytes) = e.entry {
+                let entry = Entry::decode(e.key, bytes, location)?;
+                // Tokens count up from 1: the last one can never have been handed out, and
+                // the next open could hand out none above it.
+                if entry.token == u64::MAX {
+                    return Err(Error::corruption(
+                        "record fencing token out of range",
+                        location(),
+                    ));
+                }
+                max_token = max_token.max(entry.token);
+                if matches!(entry.body, Body::InProgress { .. }) {
+                    claimed.push((lsn, hash::hash(e.key)));
+                }
+            }
+            chunk.push(Change {
+                lsn,
+                key: Arc::from(e.key),
+                entry: e.entry.map(Arc::from),
+            });
+            if chunk.len() == REPLAY_CHUNK {
+                let full = mem::replace(&mut chunk, Vec::with_capacity(REPLAY_CHUNK));
+                // The builder only stops when this side hangs up.
+                let _ = send.send(full);
+            }
+            Ok(())
+        });
+        let _ = send.send(chunk);
+        drop(send);
+        let built = builder
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (log, built.0, built.1)
+    });
+    Ok(Replay {
+        log: log?,
+        changes,
+        recent,
+        claimed,
+        max_token,
     })
 }
