@@ -828,7 +828,9 @@ fn purge_block(run: &mut Run) -> Res<()> {
 fn redb_block(run: &mut Run) -> Res<()> {
     let path = run.dir.join("raw.redb");
     run.progress(&format!("raw redb: loading {} keys", run.args.keys));
-    let db = Redb::create(&path, 256 << 20)?;
+    // The same page cache as idemstore's default index (`Options::cache_size`): the raw table
+    // is the ceiling for that index, not for a differently sized one.
+    let db = Redb::create(&path, 1 << 30)?;
     let mut engine = Redb {
         db,
         reuse_read: true,
