@@ -3,6 +3,10 @@
 //! segment that is not the last. Each case must open with exactly the state of a prefix of the
 //! log (cutting a torn tail and saying so) or fail with `Error::Corruption` where the damage
 //! provably hit a synced record; no case may return a wrong outcome.
+//!
+//! Most cases are opened twice: on the simulated disk, where recovery opens the index and then
+//! reads the log, and in a real directory, where it reads the log while the index opens and
+//! must come to the same verdict.
 
 mod model;
 
@@ -44,6 +48,12 @@ fn key(n: u32) -> Key {
 /// cuts the power, so that only the log holds them (the index is still at its first
 /// checkpoint).
 fn build(steps: u32, outcome_len: usize) -> Image {
+    build_with_checkpoint(steps, outcome_len, None)
+}
+
+/// As [`build`], with a checkpoint after record `checkpoint_after` (the index then holds the
+/// records up to it, and the newest segment holds records on both sides of it).
+fn build_with_checkpoint(steps: u32, outcome_len: usize, checkpoint_after: Option<u32>) -> Image {
     let clock = ManualClock::new(m::start_time());
     let disk = SimDisk::new("damage");
     let store = options(&clock).open_storage(disk.clone()).expect("open");
@@ -68,6 +78,9 @@ fn build(steps: u32, outcome_len: usize) -> Image {
         }
         states.push(dump(&store));
         segment_of_state.push(newest_segment(&disk));
+        if checkpoint_after == Some(step) {
+            store.checkpoint().expect("checkpoint");
+        }
     }
     disk.power_cut(CrashMode::DropUnsynced);
     drop(store);
@@ -129,8 +142,23 @@ fn frames(segment: &[u8]) -> Vec<(usize, usize)> {
 enum Opened {
     /// Opened with `states[j]`; whether a torn tail was cut.
     Prefix { j: usize, torn: bool },
-    /// Refused; where, as the error says.
-    Corruption(String),
+    /// Refused: where (as the error says) and why.
+    Corruption { at: String, what: String },
+}
+
+impl Opened {
+    /// The same verdict, wherever the files were (the location names the storage).
+    fn same(&self, other: &Opened) -> bool {
+        match (self, other) {
+            (Opened::Prefix { j, torn }, Opened::Prefix { j: j2, torn: torn2 }) => {
+                j == j2 && torn == torn2
+            }
+            (Opened::Corruption { what, .. }, Opened::Corruption { what: what2, .. }) => {
+                what == what2
+            }
+            _ => false,
+        }
+    }
 }
 
 impl Image {
@@ -138,19 +166,37 @@ impl Image {
         &self.files.iter().find(|(n, _)| n == name).expect("file").1
     }
 
-    /// Opens the image with `name` replaced by `bytes`; the state must be a prefix state.
-    fn open_with(&self, name: &str, bytes: Vec<u8>) -> Opened {
+    /// Opens the image with `name` replaced by `bytes`; the state must be a prefix state. With
+    /// `real_dir`, also opens a copy in a real directory and checks it comes to the same.
+    fn open_with(&self, name: &str, bytes: Vec<u8>, real_dir: bool) -> Opened {
         let disk = SimDisk::new("damaged");
         for (n, b) in &self.files {
             if n != name {
                 disk.write_file(n, b.clone());
             }
         }
-        disk.write_file(name, bytes);
-        let store = match options(&self.clock).open_storage(disk) {
+        disk.write_file(name, bytes.clone());
+        let simulated = self.judge(options(&self.clock).open_storage(disk));
+        if real_dir {
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            for (n, b) in &self.files {
+                let b = if n == name { &bytes } else { b };
+                std::fs::write(dir.path().join(n), b).expect("write a file");
+            }
+            let real = self.judge(options(&self.clock).open(dir.path()));
+            assert!(
+                simulated.same(&real),
+                "{name}: the simulated disk gave {simulated:?}, a real directory {real:?}"
+            );
+        }
+        simulated
+    }
+
+    fn judge(&self, opened: idemstore::Result<idemstore::Store>) -> Opened {
+        let store = match opened {
             Ok(store) => store,
             Err(Error::Corruption { what, location }) => {
-                return Opened::Corruption(format!("{location}: {what}"));
+                return Opened::Corruption { at: location, what };
             }
             Err(e) => panic!("neither opened nor Corruption: {e:?}"),
         };
@@ -184,7 +230,7 @@ fn cutting_the_last_segment_at_any_offset_keeps_exactly_the_whole_records_before
     for cut in 0..=original.len() {
         let whole = image.frames.iter().filter(|(_, end)| *end <= cut).count();
         let boundary = cut == SEGMENT_HEADER_LEN || image.frames.iter().any(|(_, e)| *e == cut);
-        match image.open_with(&image.last, original[..cut].to_vec()) {
+        match image.open_with(&image.last, original[..cut].to_vec(), true) {
             Opened::Prefix { j, torn } => {
                 assert_eq!(j, whole, "cut at {cut}");
                 assert_eq!(torn, !boundary, "cut at {cut}: torn tail reported wrongly");
@@ -212,7 +258,7 @@ fn zero_filling_the_tail_from_any_offset_keeps_exactly_the_intact_records() {
         } else {
             0
         };
-        match image.open_with(&image.last, damaged.clone()) {
+        match image.open_with(&image.last, damaged.clone(), true) {
             Opened::Prefix { j, torn } => {
                 assert_eq!(j, whole, "zeros from {start}");
                 assert_eq!(torn, damaged != original, "zeros from {start}");
@@ -233,14 +279,15 @@ fn flipping_any_bit_of_a_small_log_is_cut_off_as_torn_or_refused_as_corruption()
         let mut damaged = original.clone();
         damaged[bit / 8] ^= 1 << (bit % 8);
         let byte = bit / 8;
-        let opened = image.open_with(&image.last, damaged);
+        // Every 16th bit in a real directory too: each open there syncs files.
+        let opened = image.open_with(&image.last, damaged, bit % 16 == 0);
         match (byte, &opened) {
             // The header's last four bytes are reserved and not checksummed.
             (28..32, Opened::Prefix { j, torn: false }) if *j == n => {}
             // A damaged header with records behind it, or a record that a later record
             // proves was synced: never guessed around.
-            (0..28, Opened::Corruption(_)) => refused += 1,
-            (b, Opened::Corruption(_)) if b >= SEGMENT_HEADER_LEN && b < last_start => {
+            (0..28, Opened::Corruption { .. }) => refused += 1,
+            (b, Opened::Corruption { .. }) if b >= SEGMENT_HEADER_LEN && b < last_start => {
                 refused += 1;
             }
             // Damage in the last record, which nothing proves was synced: a torn tail.
@@ -274,20 +321,52 @@ fn damage_in_a_segment_before_the_last_is_corruption() {
     for at in offsets {
         let mut damaged = original.clone();
         damaged[at] ^= 0x40;
-        let opened = image.open_with(&first, damaged);
+        let opened = image.open_with(&first, damaged, true);
         // Refused, naming the damaged segment.
         assert!(
-            matches!(&opened, Opened::Corruption(at_) if at_.contains(&first)),
+            matches!(&opened, Opened::Corruption { at, .. } if at.contains(&first)),
             "byte {at} of {first} damaged: {opened:?}"
         );
     }
     // Cut short, too.
     for cut in [0, 10, SEGMENT_HEADER_LEN, body[0].1 - 1, original.len() - 1] {
-        let opened = image.open_with(&first, original[..cut].to_vec());
+        let opened = image.open_with(&first, original[..cut].to_vec(), true);
         // (Cut on a record boundary, the gap shows only where the next segment begins.)
         assert!(
-            matches!(opened, Opened::Corruption(_)),
+            matches!(opened, Opened::Corruption { .. }),
             "{first} cut at {cut}: {opened:?}"
         );
     }
+}
+
+/// With the checkpoint in the middle of the last segment, the read that runs while the index
+/// opens (from the segment's start, dropping what the checkpoint covers) must reach the same
+/// verdict as the read after the checkpoint, for every cut, every zero-filled tail and a
+/// stride of flipped bits: the same prefix state and torn tail, or the same corruption.
+#[test]
+fn the_log_read_while_the_index_opens_agrees_with_the_read_after_the_checkpoint() {
+    let image = build_with_checkpoint(6, 40, Some(2));
+    let original = image.bytes(&image.last).to_vec();
+    let (mut opened, mut refused) = (0, 0);
+    let mut count = |o: Opened| match o {
+        Opened::Prefix { .. } => opened += 1,
+        Opened::Corruption { .. } => refused += 1,
+    };
+    for cut in 0..=original.len() {
+        count(image.open_with(&image.last, original[..cut].to_vec(), true));
+    }
+    for start in (0..original.len()).step_by(3) {
+        let mut damaged = original.clone();
+        damaged[start..].fill(0);
+        count(image.open_with(&image.last, damaged, true));
+    }
+    for bit in (0..original.len() * 8).step_by(13) {
+        let mut damaged = original.clone();
+        damaged[bit / 8] ^= 1 << (bit % 8);
+        count(image.open_with(&image.last, damaged, true));
+    }
+    assert!(
+        opened > 0 && refused > 0,
+        "{opened} opened, {refused} refused"
+    );
 }
