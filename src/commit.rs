@@ -65,9 +65,9 @@ const APPLY_BACKLOG: usize = 16 * APPLY_BATCH;
 /// How many times a new leader yields while its batch is still growing.
 const GATHER_ROUNDS: usize = 8;
 
-/// A checkpoint that covers the whole log starts a new segment if the current one is at
-/// least this large, so that the log's disk is given back without waiting for the segment to
-/// fill.
+/// A checkpoint starts a new segment first if the current one is at least this large, so
+/// that the checkpoint covers the old one, whose disk is given back at once, and the next
+/// open's log starts at the checkpoint.
 const ROLL_AT_CHECKPOINT: u64 = 1 << 20;
 
 /// Closing compacts the index only after TTL compaction removed at least this many records.
@@ -557,6 +557,27 @@ impl Shared {
     pub fn checkpoint(&self) -> Result<()> {
         self.check_writable()?;
         self.poisoned()?;
+        // A segment of 1 MiB or more ends here, before the checkpoint's LSN is taken, and the
+        // checkpoint waits until everything written into it is acknowledged (and so queued for
+        // the index): the checkpoint then covers the whole segment, which goes below. The next
+        // open's log starts at the checkpoint, not up to a segment before it, whose records it
+        // would read for nothing; and the disk comes back now.
+        let rolled_behind = {
+            let mut io = self.io.lock();
+            if io.writer.footprint().1 >= ROLL_AT_CHECKPOINT {
+                let next = io.written_lsn + 1;
+                if let Err(e) = io.writer.roll(next) {
+                    drop(io);
+                    let e = Error::Io(e);
+                    self.fail(&e);
+                    return Err(e);
+                }
+                io.written_lsn
+            } else {
+                0
+            }
+        };
+        self.wait_acknowledged(self.core.lock(), rolled_behind)?;
         self.apply_pending(Apply::Checkpoint)?;
         let lsn = *self.apply.lock();
         let mut io = self.io.lock();

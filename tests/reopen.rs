@@ -439,6 +439,71 @@ fn writers_ahead_of_the_index_lose_nothing_with_a_background_thread() {
     }
 }
 
+/// Checkpoints taken while other threads write: a checkpoint that finds the current segment
+/// at 1 MiB or more ends it first and covers it, so afterwards the oldest segment starts after
+/// every record acknowledged before the call, and the next open reads only what came after.
+/// (In a real directory: its durable index commit takes long enough for the writers to add
+/// records during every checkpoint.)
+#[test]
+fn a_checkpoint_beside_running_writers_leaves_no_segment_of_old_records() {
+    let clock = clock();
+    let dir = tempfile::tempdir().unwrap();
+    let store = options(&clock)
+        .checkpoint_bytes(u64::MAX)
+        .open(dir.path())
+        .unwrap();
+    let oldest_segment = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().into_string().unwrap();
+                name.strip_suffix(".log")?.parse::<u64>().ok()
+            })
+            .min()
+            .expect("a segment")
+    };
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let outcome = vec![b'o'; 1500];
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (store, stop, outcome) = (&store, &stop, &outcome);
+            s.spawn(move || {
+                let mut n = 1_000_000 * (t + 1);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    complete_all(store, n..n + 1, outcome);
+                    n += 1;
+                }
+            });
+        }
+        // Stops the writers however this thread leaves the scope (a failed assertion too),
+        // or the scope would wait for them forever.
+        struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let _stop = StopOnDrop(&stop);
+        let mut checked = 0;
+        while checked < 6 {
+            let stats = store.stats().unwrap();
+            if stats.current_segment_bytes < 1 << 20 {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            let acknowledged = stats.acknowledged_lsn;
+            store.checkpoint().unwrap();
+            let oldest = oldest_segment(dir.path());
+            assert!(
+                oldest > acknowledged,
+                "checkpoint {checked}: the oldest segment starts at LSN {oldest}, at or before \
+                 LSN {acknowledged}, acknowledged before the checkpoint"
+            );
+            checked += 1;
+        }
+    });
+}
+
 /// Builds the history the next two tests reopen: `key(1)` completed, then purged once expired
 /// (a purge writes no log record: only the index knows it), more keys, a checkpoint, and six
 /// records after it. Returns the keys that must be there, with their outcomes.
