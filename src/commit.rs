@@ -572,12 +572,14 @@ impl Shared {
                     self.fail(&e);
                     return Err(e);
                 }
-                io.written_lsn
+                Some(io.written_lsn)
             } else {
-                0
+                None
             }
         };
-        self.wait_acknowledged(self.core.lock(), rolled_behind)?;
+        if let Some(lsn) = rolled_behind {
+            self.wait_acknowledged(self.core.lock(), lsn)?;
+        }
         self.apply_pending(Apply::Checkpoint)?;
         let lsn = *self.apply.lock();
         let mut io = self.io.lock();
@@ -585,15 +587,7 @@ impl Shared {
         io.bytes_since_checkpoint = 0;
         io.last_checkpoint = Instant::now();
         self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
-        let covered = io.written_lsn == lsn;
-        let roll = covered && io.writer.footprint().1 >= ROLL_AT_CHECKPOINT;
-        // The current segment holds nothing the index lacks: start a new one so that the old
-        // one, and the disk it takes, goes now instead of when it fills up.
-        let done = match roll {
-            true => io.writer.roll(lsn + 1),
-            false => Ok(()),
-        };
-        if let Err(e) = done.and_then(|()| io.writer.remove_behind(lsn).map(drop)) {
+        if let Err(e) = io.writer.remove_behind(lsn) {
             let e = Error::Io(e);
             self.fail(&e);
             return Err(e);

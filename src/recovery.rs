@@ -93,20 +93,17 @@ pub(crate) fn recover(
     // the log is read from its first segment on, and what the checkpoint covers is dropped
     // afterwards (see `Replay::after`).
     let open = move || open_index(storage, index_file, cache_size, created);
-    let guess = reader::list_segments(storage.as_ref())?
-        .first()
-        .map_or(0, |(lsn, _)| lsn.saturating_sub(1));
     let (opened, from_start) = if storage.helper_threads() {
         thread::scope(|scope| {
             let opening = scope.spawn(open);
-            let from_start = read_log(storage.as_ref(), guess);
+            let from_start = read_log(storage.as_ref(), None);
             let opened = opening
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             (opened, from_start)
         })
     } else {
-        (open(), read_log(storage.as_ref(), guess))
+        (open(), read_log(storage.as_ref(), None))
     };
     let (index, checkpoint, rebuilt) = opened?;
     report.index_rebuilt = rebuilt;
@@ -124,10 +121,10 @@ pub(crate) fn recover(
         // the records the checkpoint covers, as long as the log starts at or before the
         // checkpoint and nothing was cut: neither read met a gap or damage. Otherwise the
         // log is read again, after the checkpoint, and its rules decide.
-        Ok(read) if guess <= checkpoint.lsn && read.log.torn.is_none() => {
+        Ok(read) if read.log.after <= checkpoint.lsn && read.log.torn.is_none() => {
             read.after(checkpoint.lsn)
         }
-        _ => read_log(storage.as_ref(), checkpoint.lsn)?,
+        _ => read_log(storage.as_ref(), Some(checkpoint.lsn))?,
     };
     report.replayed = changes.len() as u64;
     report.segments_read = log.segments_read;
@@ -288,10 +285,11 @@ impl Replay {
     }
 }
 
-/// Reads the log after `after` and collects its records (see [`reader::read`] for the rules).
+/// Reads the log after `after` (from its start if `None`) and collects its records (see
+/// [`reader::read`] for the rules).
 /// A second thread builds the acknowledged layer from chunks of the records while the log
 /// is read and decoded: each is about half of the work.
-fn read_log(storage: &dyn Storage, after: u64) -> Result<Replay> {
+fn read_log(storage: &dyn Storage, after: Option<u64>) -> Result<Replay> {
     let mut max_token = 0u64;
     let mut claimed = Vec::new();
     let (log, changes, recent) = thread::scope(|scope| {

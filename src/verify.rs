@@ -103,7 +103,7 @@ pub fn verify(storage: impl Storage) -> Result<VerifyReport> {
     // The latest record per key among the log records the checkpoint covers.
     let mut covered: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
     let mut frames = 0u64;
-    let read = reader::read(&storage, checkpoint, true, |lsn, e, location| {
+    let read = reader::read(&storage, Some(checkpoint), true, |lsn, e, location| {
         frames += 1;
         if let Some(bytes) = e.entry {
             Entry::decode(e.key, bytes, location)?;

@@ -267,16 +267,23 @@ fn copy(disk: &SimDisk) -> SimDisk {
     image
 }
 
-/// A checkpoint that covers the whole log starts a new segment once the current one holds a
-/// megabyte or more, and removes the old one: the log's disk comes back without waiting for
-/// a 64 MiB segment to fill. The power may go at once: nothing is lost.
+/// A store on `disk` that never checkpoints on its own, holding `key(0..800)` completed with
+/// 1500-byte outcomes: over a megabyte of log, the size at which a checkpoint rolls the log.
+fn over_a_megabyte_of_log(disk: &SimDisk, clock: &idemstore::ManualClock) -> (Store, Vec<u8>) {
+    let store = uncheckpointed(disk, clock);
+    let outcome = vec![b'o'; 1500];
+    complete_all(&store, 0..800, &outcome);
+    (store, outcome)
+}
+
+/// A checkpoint starts a new segment first once the current one holds a megabyte or more,
+/// covers the old one and removes it: the log's disk comes back without waiting for a 64 MiB
+/// segment to fill. The power may go at once: nothing is lost.
 #[test]
 fn a_checkpoint_covering_the_log_gives_its_disk_back() {
     let clock = clock();
     let disk = SimDisk::new("t");
-    let store = uncheckpointed(&disk, &clock);
-    let outcome = vec![b'o'; 1500];
-    complete_all(&store, 0..800, &outcome);
+    let (store, outcome) = over_a_megabyte_of_log(&disk, &clock);
     let logs = |disk: &SimDisk| {
         disk.file_names()
             .into_iter()
@@ -437,6 +444,68 @@ fn writers_ahead_of_the_index_lose_nothing_with_a_background_thread() {
     for n in (0..THREADS * PER_THREAD).step_by(97) {
         assert_eq!(completed(&store, &key(n), b"req").data(), b"outcome");
     }
+}
+
+/// A checkpoint that rolls the log first makes three kinds of writes: the old segment's sync
+/// and the new segment's creation, the index commit, and the removal of the old segment. The
+/// power goes at each file or directory sync in turn (the failed sync and everything after it
+/// lost): every acknowledged record is there after the reopen, and once that recovery has
+/// closed, nothing is left to replay.
+#[test]
+fn power_cut_at_any_sync_of_a_checkpoint_that_rolls_the_log_loses_nothing() {
+    let clock = clock();
+    let disk = SimDisk::new("t");
+    let (store, outcome) = over_a_megabyte_of_log(&disk, &clock);
+    assert!(store.stats().unwrap().current_segment_bytes > 1 << 20);
+    let before = copy(&disk);
+    drop(store);
+    let mut cut_before_the_end = 0;
+    let cuts = (0..8).map(|skip| (Op::Sync, skip));
+    for (op, skip) in cuts.chain((0..4).map(|skip| (Op::SyncDir, skip))) {
+        let image = copy(&before);
+        let store = uncheckpointed(&image, &clock);
+        image.inject(Fault {
+            op,
+            skip,
+            error: FaultError::Eio,
+            sticky: true,
+        });
+        // Records written after a successful checkpoint go into the new segment.
+        let after = match store.checkpoint() {
+            Ok(()) => {
+                image.clear_faults();
+                complete_all(&store, 800..803, b"after");
+                800..803
+            }
+            Err(_) => {
+                cut_before_the_end += 1;
+                800..800
+            }
+        };
+        image.power_cut(CrashMode::DropUnsynced);
+        drop(store);
+        image.clear_faults();
+        let store = sim_store(&image, &clock);
+        for n in 0..800 {
+            assert_eq!(
+                completed(&store, &key(n), b"req").data(),
+                &outcome[..],
+                "{op:?} {skip} failed: key {n}"
+            );
+        }
+        for n in after.clone() {
+            assert_eq!(completed(&store, &key(n), b"req").data(), b"after");
+        }
+        // And again, once that recovery's own checkpoint is in place.
+        store.close().unwrap();
+        let store = sim_store(&image, &clock);
+        assert_eq!(store.recovery_report().replayed, 0);
+        assert_eq!(completed(&store, &key(799), b"req").data(), &outcome[..]);
+    }
+    assert!(
+        cut_before_the_end >= 3,
+        "{cut_before_the_end} checkpoints failed"
+    );
 }
 
 /// Checkpoints taken while other threads write: a checkpoint that finds the current segment

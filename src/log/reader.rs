@@ -36,6 +36,8 @@ pub(crate) struct Tail {
 /// What reading the log found.
 #[derive(Debug, Default)]
 pub(crate) struct LogRead {
+    /// The LSN the read took as the checkpoint: records at or before it were skipped.
+    pub after: u64,
     /// Every segment to keep, oldest first: (first LSN, name). A torn creation is not listed.
     pub segments: Vec<(u64, String)>,
     pub segments_read: u64,
@@ -59,14 +61,18 @@ pub(crate) fn list_segments(storage: &dyn Storage) -> Result<Vec<(u64, String)>>
 
 /// Reads the log after `checkpoint_lsn`, calling `visit` with each record newer than it (with
 /// `covered`, also those at or before it in the segments read), in LSN order, and a function
-/// naming its location.
+/// naming its location. Without a checkpoint (`None`), reads as if it were just before the
+/// first segment's first LSN: every record, by the same rules ([`LogRead::after`] says which
+/// LSN that was).
 pub(crate) fn read(
     storage: &dyn Storage,
-    checkpoint_lsn: u64,
+    checkpoint_lsn: Option<u64>,
     covered: bool,
     mut visit: impl FnMut(u64, LogEntry<'_>, &dyn Fn() -> String) -> Result<()>,
 ) -> Result<LogRead> {
     let segments = list_segments(storage)?;
+    let checkpoint_lsn = checkpoint_lsn
+        .unwrap_or_else(|| segments.first().map_or(0, |(lsn, _)| lsn.saturating_sub(1)));
     let describe = storage.describe();
     let first_needed = segments
         .iter()
@@ -90,6 +96,7 @@ pub(crate) fn read(
     }
 
     let mut read = LogRead {
+        after: checkpoint_lsn,
         segments: segments.get(..first_needed).unwrap_or_default().to_vec(),
         ..LogRead::default()
     };
