@@ -30,13 +30,15 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::mem;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::Waker;
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
+use crate::acknowledgement::Committer;
 use crate::clock::to_nanos;
 use crate::decide::Policy;
 use crate::error::{Error, Result};
@@ -62,8 +64,9 @@ const APPLY_CHUNK: usize = 2 * APPLY_BATCH;
 /// thread was asked to (it is behind the writers).
 const APPLY_BACKLOG: usize = 16 * APPLY_BATCH;
 
-/// How many times a new leader yields while its batch is still growing.
-const GATHER_ROUNDS: usize = 8;
+/// How many of the latest registered wakers a poll looks through for its own before it adds
+/// itself again (a task polled twice for one change; a duplicate only costs a spurious wake).
+const WAKER_REUSE_SCAN: usize = 4;
 
 /// A checkpoint starts a new segment first if the current one is at least this large, so
 /// that the checkpoint covers the old one, whose disk is given back at once, and the next
@@ -102,6 +105,8 @@ pub(crate) struct Shared {
     /// The highest LSN known durable in the log; written into each frame.
     synced_lsn: AtomicU64,
     pub background: Mutex<Option<Background>>,
+    /// The thread that leads group commits for asynchronous waiters, once one is needed.
+    pub committer: Mutex<Option<Committer>>,
     /// Released last, after the index is dropped.
     _lock: Box<dyn Any + Send + Sync>,
 }
@@ -119,6 +124,14 @@ pub(crate) fn publish(recent: &mut Recent, changes: &[Change]) {
     }
 }
 
+/// Removes and returns the wakers of the waiters whose LSN is at most `acknowledged`.
+fn take_wakers(wakers: &mut Vec<(u64, Waker)>, acknowledged: u64) -> Vec<Waker> {
+    wakers
+        .extract_if(.., |(lsn, _)| *lsn <= acknowledged)
+        .map(|(_, waker)| waker)
+        .collect()
+}
+
 /// Decision state and the batch being formed.
 pub(crate) struct Core {
     /// Changes written to the batch or the log but not yet acknowledged, by key.
@@ -129,9 +142,12 @@ pub(crate) struct Core {
     pub next_token: u64,
     pub acknowledged_lsn: u64,
     leader: bool,
-    /// How many changes the last batch held.
+    /// How many changes the last batch held, and how long its write and sync took.
     last_batch: usize,
+    last_commit: Duration,
     failure: Option<String>,
+    /// Asynchronous waiters: each one's LSN and waker (see `acknowledgement.rs`).
+    wakers: Vec<(u64, Waker)>,
 }
 
 struct InFlight {
@@ -191,7 +207,9 @@ impl Shared {
                 acknowledged_lsn: last_lsn,
                 leader: false,
                 last_batch: 0,
+                last_commit: Duration::ZERO,
                 failure: None,
+                wakers: Vec::new(),
             }),
             acknowledged: Condvar::new(),
             recent_len: AtomicUsize::new(parts.recent.len()),
@@ -215,6 +233,7 @@ impl Shared {
             // Recovery synced what it kept; a frame never claims more than the log's end.
             synced_lsn: AtomicU64::new(last_lsn),
             background: Mutex::new(None),
+            committer: Mutex::new(None),
             options: parts.options,
             _lock: parts.lock,
         }
@@ -299,14 +318,17 @@ impl Shared {
         }
     }
 
-    /// Adds a change to the batch and waits until it is acknowledged.
-    pub fn write(
+    /// Adds a change to the batch; returns its LSN, to wait for (see [`wait_acknowledged`]
+    /// and [`crate::acknowledgement`]).
+    ///
+    /// [`wait_acknowledged`]: Shared::wait_acknowledged
+    pub fn enqueue(
         &self,
-        mut core: MutexGuard<'_, Core>,
+        core: &mut Core,
         key: &[u8],
         entry: Option<Entry>,
         takes_token: bool,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         self.check_writable()?;
         if let Some(cause) = &core.failure {
             return Err(Error::PreviousIo {
@@ -318,7 +340,7 @@ impl Shared {
             // before the change can be seen (see `filter.rs`), and after a build starts: this
             // key is not in flight yet for the build to pick up.
             if self.filters.wants_rebuild() {
-                self.start_filter_build(&core, None);
+                self.start_filter_build(core, None);
             }
             self.filters.insert(key);
         }
@@ -339,7 +361,7 @@ impl Shared {
             entry: encoded,
         });
         core.in_flight.insert(key.to_vec(), InFlight { lsn, entry });
-        self.wait_acknowledged(core, lsn)
+        Ok(lsn)
     }
 
     /// Waits until `lsn` is acknowledged, leading a group commit when no one else is.
@@ -357,48 +379,14 @@ impl Shared {
                 self.acknowledged.wait(&mut core);
                 continue;
             }
-            core.leader = true;
-            // Callers just woken by the previous batch are about to enqueue: let them, so that
-            // one sync serves them all instead of this caller alone. Not when the previous
-            // batch held one change: a lone caller would yield for no one, and a yield costs
-            // as much as a tenth of a sync on a busy machine.
-            let rounds = if core.last_batch > 1 {
-                GATHER_ROUNDS
-            } else {
-                0
-            };
-            for _ in 0..rounds {
-                let before = core.changes.len();
-                MutexGuard::unlocked(&mut core, thread::yield_now);
-                if core.changes.len() == before {
-                    break;
-                }
-            }
-            let frames = mem::take(&mut core.frames);
-            let changes = mem::take(&mut core.changes);
-            core.last_batch = changes.len();
-            let last = core.next_lsn - 1;
-            let result = MutexGuard::unlocked(&mut core, || self.commit_batch(&frames, changes));
-            core.leader = false;
-            let follow_up = match &result {
-                Ok(follow_up) => {
-                    core.acknowledged_lsn = last;
-                    core.in_flight.retain(|_, f| f.lsn > last);
-                    if core.frames.is_empty() {
-                        // Reuse the batch buffer's allocation.
-                        let mut frames = frames;
-                        frames.clear();
-                        core.frames = frames;
-                    }
-                    *follow_up
-                }
-                Err(e) => {
-                    core.failure = Some(e.to_string());
-                    FollowUp::Nothing
-                }
-            };
+            let (result, ready) = self.lead(&mut core);
             self.acknowledged.notify_all();
-            result?;
+            if !ready.is_empty() {
+                // Asynchronous waiters (see `acknowledgement.rs`), woken without the lock: an
+                // executor may poll them at once, and each poll takes `core`.
+                MutexGuard::unlocked(&mut core, || ready.into_iter().for_each(Waker::wake));
+            }
+            let follow_up = result?;
             if follow_up != FollowUp::Nothing && core.acknowledged_lsn >= lsn {
                 // Off the commit path: waiters are already woken. The background thread does
                 // it where there is one, so that no caller waits for an index commit (a
@@ -421,6 +409,75 @@ impl Shared {
                 return Ok(());
             }
         }
+    }
+
+    /// Leads one group commit: takes the batch, commits it without the `core` lock, and marks
+    /// it acknowledged (or the handle failed). Returns what should follow, and the wakers of
+    /// the asynchronous waiters the commit answered (all of them after a failure).
+    fn lead(&self, core: &mut MutexGuard<'_, Core>) -> (Result<FollowUp>, Vec<Waker>) {
+        core.leader = true;
+        // Callers just woken by the previous batch are about to enqueue: let them, so that one
+        // sync serves them all instead of this caller alone. Wait until as many changes are in
+        // as the last batch held, for at most half as long as the last commit took. Not when
+        // the previous batch held one change: a lone caller would wait for no one.
+        if core.last_batch > 1 {
+            let started = Instant::now();
+            let limit = core.last_commit / 2;
+            while core.changes.len() < core.last_batch && started.elapsed() < limit {
+                MutexGuard::unlocked(core, thread::yield_now);
+            }
+        }
+        let frames = mem::take(&mut core.frames);
+        let changes = mem::take(&mut core.changes);
+        core.last_batch = changes.len();
+        let last = core.next_lsn - 1;
+        let committing = Instant::now();
+        let result = MutexGuard::unlocked(core, || self.commit_batch(&frames, changes));
+        core.last_commit = committing.elapsed();
+        core.leader = false;
+        match &result {
+            Ok(_) => {
+                core.acknowledged_lsn = last;
+                core.in_flight.retain(|_, f| f.lsn > last);
+                if core.frames.is_empty() {
+                    // Reuse the batch buffer's allocation.
+                    let mut frames = frames;
+                    frames.clear();
+                    core.frames = frames;
+                }
+            }
+            Err(e) => core.failure = Some(e.to_string()),
+        }
+        // After a failure no commit will answer the rest: wake them all to read it.
+        let answered = if result.is_ok() { last } else { u64::MAX };
+        let ready = take_wakers(&mut core.wakers, answered);
+        (result, ready)
+    }
+
+    /// Registers `waker` to be woken once `lsn` is acknowledged or the handle fails. `Ok(true)`
+    /// when it already is (nothing is registered).
+    pub fn register_waker(&self, core: &mut Core, lsn: u64, waker: &Waker) -> Result<bool> {
+        if core.acknowledged_lsn >= lsn {
+            return Ok(true);
+        }
+        if let Some(cause) = &core.failure {
+            return Err(Error::PreviousIo {
+                cause: cause.clone(),
+            });
+        }
+        if let Some(slot) = core
+            .wakers
+            .iter_mut()
+            .rev()
+            .take(WAKER_REUSE_SCAN)
+            .find(|(l, w)| *l == lsn && w.will_wake(waker))
+        {
+            // Polled again before its change was acknowledged: the same task, already here.
+            slot.1.clone_from(waker);
+        } else {
+            core.wakers.push((lsn, waker.clone()));
+        }
+        Ok(false)
     }
 
     /// Writes and syncs one batch, then publishes it as acknowledged. Runs with the `io` lock
@@ -523,11 +580,16 @@ impl Shared {
         Ok(())
     }
 
+    /// Poisons the handle, and wakes every asynchronous waiter to read the failure (no
+    /// commit will answer them now).
     fn fail(&self, err: &Error) {
         let mut core = self.core.lock();
         if core.failure.is_none() {
             core.failure = Some(err.to_string());
         }
+        let waiting = mem::take(&mut core.wakers);
+        drop(core);
+        waiting.into_iter().for_each(|(_, waker)| waker.wake());
     }
 
     pub fn poisoned(&self) -> Result<()> {
@@ -670,6 +732,7 @@ pub(crate) enum FollowUp {
 impl Drop for Shared {
     fn drop(&mut self) {
         self.stop_background();
+        self.stop_committer();
         self.filters.stop();
         if !self.closed.load(Ordering::Relaxed) && self.poisoned().is_ok() {
             // Best effort: a failure here only means the next open replays more log.

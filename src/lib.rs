@@ -48,6 +48,7 @@
 // Data read from disk must never panic the library: index and unwrap only where proven.
 #![warn(clippy::unwrap_used, clippy::indexing_slicing)]
 
+mod acknowledgement;
 mod claim;
 mod clock;
 mod commit;
@@ -68,6 +69,7 @@ pub mod storage;
 mod store;
 mod verify;
 
+pub use acknowledgement::Acknowledgement;
 pub use claim::{Begin, Claim};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};

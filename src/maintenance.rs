@@ -13,15 +13,52 @@ use parking_lot::{Condvar, Mutex};
 use crate::commit::{FollowUp, Shared};
 use crate::options::Durability;
 
-/// The running thread and what wakes it.
-pub(crate) struct Background {
-    signal: Arc<(Mutex<Signal>, Condvar)>,
+/// A store thread and the state it waits on (the background thread, the committer).
+pub(crate) struct Helper<S> {
+    signal: Arc<(Mutex<S>, Condvar)>,
     thread: JoinHandle<()>,
 }
 
+impl<S: Default + Send + 'static> Helper<S> {
+    /// Starts thread `name` running `run` over a fresh state.
+    pub fn spawn(
+        name: &str,
+        run: impl FnOnce(&(Mutex<S>, Condvar)) + Send + 'static,
+    ) -> std::io::Result<Helper<S>> {
+        let signal = Arc::new((Mutex::new(S::default()), Condvar::new()));
+        let thread_signal = signal.clone();
+        let thread = thread::Builder::new()
+            .name(name.into())
+            .spawn(move || run(&thread_signal))?;
+        Ok(Helper { signal, thread })
+    }
+
+    /// Changes the thread's state with `change`, and wakes the thread if it says so.
+    pub fn signal(&self, change: impl FnOnce(&mut S) -> bool) {
+        if change(&mut self.signal.0.lock()) {
+            self.signal.1.notify_all();
+        }
+    }
+
+    /// Marks the state stopped with `stop`, wakes the thread and waits for it (unless this is
+    /// the thread itself, dropping the last reference to the store).
+    pub fn stop(self, stop: impl FnOnce(&mut S)) {
+        self.signal(|s| {
+            stop(s);
+            true
+        });
+        if self.thread.thread().id() != thread::current().id() {
+            let _ = self.thread.join();
+        }
+    }
+}
+
+/// The background thread.
+pub(crate) type Background = Helper<Signal>;
+
 /// What the thread is asked to do before its next tick.
 #[derive(Debug, Default)]
-struct Signal {
+pub(crate) struct Signal {
     stopped: bool,
     apply: bool,
     checkpoint: bool,
@@ -48,14 +85,12 @@ impl Shared {
         .min() else {
             return;
         };
-        let signal = Arc::new((Mutex::new(Signal::default()), Condvar::new()));
         let weak = Arc::downgrade(shared);
-        let thread_signal = signal.clone();
-        let spawned = thread::Builder::new()
-            .name("idemstore-maintenance".into())
-            .spawn(move || run(&weak, &thread_signal, tick, periodic));
-        if let Ok(thread) = spawned {
-            *shared.background.lock() = Some(Background { signal, thread });
+        let spawned = Helper::spawn("idemstore-maintenance", move |signal| {
+            run(&weak, signal, tick, periodic)
+        });
+        if let Ok(background) = spawned {
+            *shared.background.lock() = Some(background);
         }
     }
 
@@ -66,29 +101,25 @@ impl Shared {
         let Some(bg) = background.as_ref() else {
             return false;
         };
-        let mut signal = bg.signal.0.lock();
-        let flag = match follow_up {
-            FollowUp::Checkpoint => &mut signal.checkpoint,
-            FollowUp::Apply => &mut signal.apply,
-            FollowUp::Nothing => return true,
-        };
-        // Leaders ask on every batch while a backlog lasts: wake the thread only once.
-        if !mem::replace(flag, true) {
-            bg.signal.1.notify_all();
-        }
+        bg.signal(|signal| {
+            let flag = match follow_up {
+                FollowUp::Checkpoint => &mut signal.checkpoint,
+                FollowUp::Apply => &mut signal.apply,
+                FollowUp::Nothing => return false,
+            };
+            // Leaders ask on every batch while a backlog lasts: wake the thread only once.
+            !mem::replace(flag, true)
+        });
         true
     }
 
     /// Stops the thread and waits for it (unless this is the thread itself, dropping the
     /// last reference).
     pub fn stop_background(&self) {
-        let Some(bg) = self.background.lock().take() else {
-            return;
-        };
-        bg.signal.0.lock().stopped = true;
-        bg.signal.1.notify_all();
-        if bg.thread.thread().id() != thread::current().id() {
-            let _ = bg.thread.join();
+        // Taken out first: the thread may need the lock to finish what it is doing.
+        let background = self.background.lock().take();
+        if let Some(bg) = background {
+            bg.stop(|s| s.stopped = true);
         }
     }
 }

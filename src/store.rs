@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use parking_lot::MutexGuard;
-
+use crate::acknowledgement::Acknowledgement;
 use crate::claim::{Begin, Claim};
 use crate::clock::{duration_nanos, from_nanos};
 use crate::commit::{Apply, Core, Parts, Shared};
@@ -38,6 +37,7 @@ struct LastHandle(Arc<Shared>);
 impl Drop for LastHandle {
     fn drop(&mut self) {
         self.0.stop_background();
+        self.0.stop_committer();
     }
 }
 
@@ -97,44 +97,18 @@ impl Store {
 
     /// [`begin`](Store::begin) with a fingerprint the caller computed.
     pub fn begin_with(&self, key: &Key, request: Fingerprint) -> Result<Begin> {
-        let shared = &*self.shared;
-        shared.check_open()?;
-        let now = shared.now();
-        let core = shared.core.lock();
-        let (current, depends_on) = shared.current(&core, key.as_bytes())?;
-        match decide::begin(current.as_ref(), request, now) {
-            BeginDecision::Claim { attempt } => {
-                let token = core.next_token;
-                let entry = decide::claim_entry(request, token, attempt, now, shared.policy);
-                let lease_expires_at = match entry.body {
-                    Body::InProgress { lease_expires_at } => lease_expires_at,
-                    Body::Completed { .. } => now,
-                };
-                shared.write(core, key.as_bytes(), Some(entry), true)?;
-                Ok(Begin::Claimed(Claim {
-                    key: key.clone(),
-                    fingerprint: request,
-                    token,
-                    attempt,
-                    lease_expires_at,
-                }))
-            }
-            decision => {
-                shared.wait_acknowledged(core, depends_on)?;
-                Ok(match decision {
-                    BeginDecision::Replay(outcome) => Begin::Completed(outcome),
-                    BeginDecision::InProgress {
-                        lease_expires_at,
-                        attempt,
-                    } => Begin::InProgress {
-                        lease_expires_at: from_nanos(lease_expires_at),
-                        attempt,
-                    },
-                    BeginDecision::Mismatch { stored } => Begin::Mismatch { stored },
-                    BeginDecision::Claim { .. } => unreachable!("handled above"),
-                })
-            }
-        }
+        self.run(|shared, core, now| decide_begin(shared, core, now, key, request))
+    }
+
+    /// [`begin`](Store::begin) for asynchronous callers: decides now, and resolves once the
+    /// answer is durable without blocking the executor (see [`Acknowledgement`]).
+    pub fn begin_async(&self, key: &Key, request: &[u8]) -> Acknowledgement<Begin> {
+        self.begin_with_async(key, Fingerprint::of(request))
+    }
+
+    /// [`begin_with`](Store::begin_with) for asynchronous callers (see [`Acknowledgement`]).
+    pub fn begin_with_async(&self, key: &Key, request: Fingerprint) -> Acknowledgement<Begin> {
+        self.run_async(|shared, core, now| decide_begin(shared, core, now, key, request))
     }
 
     /// Stores the outcome of the claimed operation; durable before it returns. Returns the
@@ -144,79 +118,34 @@ impl Store {
     /// nothing. A claim that is no longer current gets [`Error::ClaimLost`]; an outcome over
     /// [`Options::max_outcome_size`] gets [`Error::OutcomeTooLarge`] and leaves the claim valid.
     pub fn complete(&self, claim: &Claim, outcome: &[u8]) -> Result<Outcome> {
-        let shared = &*self.shared;
-        shared.check_open()?;
-        let limit = shared.options.max_outcome_size;
-        if outcome.len() > limit {
-            return Err(Error::OutcomeTooLarge {
-                size: outcome.len(),
-                limit,
-            });
-        }
-        let now = shared.now();
-        let core = shared.core.lock();
-        let key = claim.key.as_bytes();
-        let (current, depends_on) = shared.current(&core, key)?;
-        match decide::complete(current.as_ref(), claim.token, outcome, now, shared.policy) {
-            HolderDecision::Write(Some(entry)) => {
-                let stored = entry.outcome();
-                shared.write(core, key, Some(entry), false)?;
-                stored.ok_or(Error::ClaimLost { token: claim.token })
-            }
-            HolderDecision::AlreadyCompleted(outcome) => {
-                shared.wait_acknowledged(core, depends_on)?;
-                Ok(outcome)
-            }
-            HolderDecision::Write(None) | HolderDecision::Lost => {
-                shared.wait_acknowledged(core, depends_on)?;
-                Err(Error::ClaimLost { token: claim.token })
-            }
-        }
+        self.run(|shared, core, now| decide_complete(shared, core, now, claim, outcome))
+    }
+
+    /// [`complete`](Store::complete) for asynchronous callers (see [`Acknowledgement`]).
+    pub fn complete_async(&self, claim: &Claim, outcome: &[u8]) -> Acknowledgement<Outcome> {
+        self.run_async(|shared, core, now| decide_complete(shared, core, now, claim, outcome))
     }
 
     /// Gives the key back: the operation failed and may be retried. The key is absent at once,
     /// and the next `begin` claims it with attempt 1.
     pub fn release(&self, claim: &Claim) -> Result<()> {
-        let shared = &*self.shared;
-        shared.check_open()?;
-        let now = shared.now();
-        let core = shared.core.lock();
-        let key = claim.key.as_bytes();
-        let (current, depends_on) = shared.current(&core, key)?;
-        holder_write(
-            shared,
-            core,
-            claim,
-            decide::release(current.as_ref(), claim.token, now),
-            depends_on,
-        )
+        self.run(|shared, core, now| decide_release(shared, core, now, claim))
+    }
+
+    /// [`release`](Store::release) for asynchronous callers (see [`Acknowledgement`]).
+    pub fn release_async(&self, claim: &Claim) -> Acknowledgement<()> {
+        self.run_async(|shared, core, now| decide_release(shared, core, now, claim))
     }
 
     /// Extends the claim's lease to at least `by` from now (a heartbeat for long operations).
     /// Returns the new lease expiry.
     pub fn extend(&self, claim: &Claim, by: Duration) -> Result<SystemTime> {
-        let shared = &*self.shared;
-        shared.check_open()?;
-        let now = shared.now();
-        let core = shared.core.lock();
-        let key = claim.key.as_bytes();
-        let (current, depends_on) = shared.current(&core, key)?;
-        let decision = decide::extend(
-            current.as_ref(),
-            claim.token,
-            duration_nanos(by),
-            now,
-            shared.policy,
-        );
-        let lease = match &decision {
-            HolderDecision::Write(Some(Entry {
-                body: Body::InProgress { lease_expires_at },
-                ..
-            })) => *lease_expires_at,
-            _ => now,
-        };
-        holder_write(shared, core, claim, decision, depends_on)?;
-        Ok(from_nanos(lease))
+        self.run(|shared, core, now| decide_extend(shared, core, now, claim, by))
+    }
+
+    /// [`extend`](Store::extend) for asynchronous callers (see [`Acknowledgement`]).
+    pub fn extend_async(&self, claim: &Claim, by: Duration) -> Acknowledgement<SystemTime> {
+        self.run_async(|shared, core, now| decide_extend(shared, core, now, claim, by))
     }
 
     /// The key's current state, or `None` if it is absent (never seen, released, removed, or
@@ -235,18 +164,52 @@ impl Store {
     /// Removes the key whatever its state (manual invalidation). Returns whether it was
     /// present. A holder of a removed claim gets [`Error::ClaimLost`].
     pub fn remove(&self, key: &Key) -> Result<bool> {
+        self.run(|shared, core, now| decide_remove(shared, core, now, key))
+    }
+
+    /// [`remove`](Store::remove) for asynchronous callers (see [`Acknowledgement`]).
+    pub fn remove_async(&self, key: &Key) -> Acknowledgement<bool> {
+        self.run_async(|shared, core, now| decide_remove(shared, core, now, key))
+    }
+
+    /// Decides under the `core` lock and waits, still holding it, until the answer is
+    /// acknowledged: the blocking write path.
+    fn run<T>(
+        &self,
+        decide: impl FnOnce(&Shared, &mut Core, u64) -> Result<Decided<T>>,
+    ) -> Result<T> {
         let shared = &*self.shared;
         shared.check_open()?;
         let now = shared.now();
-        let core = shared.core.lock();
-        let (current, depends_on) = shared.current(&core, key.as_bytes())?;
-        if decide::live(current.as_ref(), now).is_some() {
-            shared.write(core, key.as_bytes(), None, false)?;
-            Ok(true)
-        } else {
-            shared.wait_acknowledged(core, depends_on)?;
-            Ok(false)
+        let mut core = shared.core.lock();
+        let decided = decide(shared, &mut core, now)?;
+        shared.wait_acknowledged(core, decided.lsn)?;
+        decided.answer
+    }
+
+    /// Decides under the `core` lock and returns a future of the answer: the asynchronous
+    /// write path. An answer already acknowledged needs no committer and no clone.
+    fn run_async<T>(
+        &self,
+        decide: impl FnOnce(&Shared, &mut Core, u64) -> Result<Decided<T>>,
+    ) -> Acknowledgement<T> {
+        let shared = &*self.shared;
+        if let Err(e) = shared.check_open() {
+            return Acknowledgement::ready(Err(e));
         }
+        let now = shared.now();
+        let mut core = shared.core.lock();
+        match decide(shared, &mut core, now) {
+            Ok(decided) if core.acknowledged_lsn >= decided.lsn => {
+                Acknowledgement::ready(decided.answer)
+            }
+            Ok(decided) => Acknowledgement::after(self.clone(), decided.lsn, decided.answer),
+            Err(e) => Acknowledgement::ready(Err(e)),
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// Runs TTL compaction now: removes every record past its `expires_at`. Returns how many.
@@ -370,22 +333,153 @@ impl Store {
     }
 }
 
-/// Writes a holder's change, or reports the claim lost once the state it was decided on is
-/// acknowledged.
-fn holder_write(
+/// An answer decided under the `core` lock, to give once `lsn` is acknowledged: the change
+/// it wrote, or the change in flight it was decided on (0: nothing to wait for).
+struct Decided<T> {
+    lsn: u64,
+    answer: Result<T>,
+}
+
+impl<T> Decided<T> {
+    fn after(lsn: u64, answer: Result<T>) -> Self {
+        Decided { lsn, answer }
+    }
+}
+
+fn decide_begin(
     shared: &Shared,
-    core: MutexGuard<'_, Core>,
+    core: &mut Core,
+    now: u64,
+    key: &Key,
+    request: Fingerprint,
+) -> Result<Decided<Begin>> {
+    let (current, depends_on) = shared.current(core, key.as_bytes())?;
+    let answer = match decide::begin(current.as_ref(), request, now) {
+        BeginDecision::Claim { attempt } => {
+            let token = core.next_token;
+            let entry = decide::claim_entry(request, token, attempt, now, shared.policy);
+            let lease_expires_at = match entry.body {
+                Body::InProgress { lease_expires_at } => lease_expires_at,
+                Body::Completed { .. } => now,
+            };
+            let lsn = shared.enqueue(core, key.as_bytes(), Some(entry), true)?;
+            let claim = Claim {
+                key: key.clone(),
+                fingerprint: request,
+                token,
+                attempt,
+                lease_expires_at,
+            };
+            return Ok(Decided::after(lsn, Ok(Begin::Claimed(claim))));
+        }
+        BeginDecision::Replay(outcome) => Begin::Completed(outcome),
+        BeginDecision::InProgress {
+            lease_expires_at,
+            attempt,
+        } => Begin::InProgress {
+            lease_expires_at: from_nanos(lease_expires_at),
+            attempt,
+        },
+        BeginDecision::Mismatch { stored } => Begin::Mismatch { stored },
+    };
+    Ok(Decided::after(depends_on, Ok(answer)))
+}
+
+fn decide_complete(
+    shared: &Shared,
+    core: &mut Core,
+    now: u64,
+    claim: &Claim,
+    outcome: &[u8],
+) -> Result<Decided<Outcome>> {
+    let limit = shared.options.max_outcome_size;
+    if outcome.len() > limit {
+        return Err(Error::OutcomeTooLarge {
+            size: outcome.len(),
+            limit,
+        });
+    }
+    let key = claim.key.as_bytes();
+    let (current, depends_on) = shared.current(core, key)?;
+    let lost = Error::ClaimLost { token: claim.token };
+    Ok(
+        match decide::complete(current.as_ref(), claim.token, outcome, now, shared.policy) {
+            HolderDecision::Write(Some(entry)) => {
+                let stored = entry.outcome().ok_or(lost);
+                Decided::after(shared.enqueue(core, key, Some(entry), false)?, stored)
+            }
+            HolderDecision::AlreadyCompleted(outcome) => Decided::after(depends_on, Ok(outcome)),
+            HolderDecision::Write(None) | HolderDecision::Lost => {
+                Decided::after(depends_on, Err(lost))
+            }
+        },
+    )
+}
+
+fn decide_release(
+    shared: &Shared,
+    core: &mut Core,
+    now: u64,
+    claim: &Claim,
+) -> Result<Decided<()>> {
+    let (current, depends_on) = shared.current(core, claim.key.as_bytes())?;
+    let decision = decide::release(current.as_ref(), claim.token, now);
+    holder_write(shared, core, claim, decision, depends_on, ())
+}
+
+fn decide_extend(
+    shared: &Shared,
+    core: &mut Core,
+    now: u64,
+    claim: &Claim,
+    by: Duration,
+) -> Result<Decided<SystemTime>> {
+    let (current, depends_on) = shared.current(core, claim.key.as_bytes())?;
+    let decision = decide::extend(
+        current.as_ref(),
+        claim.token,
+        duration_nanos(by),
+        now,
+        shared.policy,
+    );
+    let lease = match &decision {
+        HolderDecision::Write(Some(Entry {
+            body: Body::InProgress { lease_expires_at },
+            ..
+        })) => *lease_expires_at,
+        _ => now,
+    };
+    holder_write(shared, core, claim, decision, depends_on, from_nanos(lease))
+}
+
+fn decide_remove(shared: &Shared, core: &mut Core, now: u64, key: &Key) -> Result<Decided<bool>> {
+    let (current, depends_on) = shared.current(core, key.as_bytes())?;
+    Ok(if decide::live(current.as_ref(), now).is_some() {
+        Decided::after(shared.enqueue(core, key.as_bytes(), None, false)?, Ok(true))
+    } else {
+        Decided::after(depends_on, Ok(false))
+    })
+}
+
+/// Writes a holder's change (answering `done`), or reports the claim lost once the state it
+/// was decided on is acknowledged.
+fn holder_write<T>(
+    shared: &Shared,
+    core: &mut Core,
     claim: &Claim,
     decision: HolderDecision,
     depends_on: u64,
-) -> Result<()> {
-    match decision {
-        HolderDecision::Write(entry) => shared.write(core, claim.key.as_bytes(), entry, false),
+    done: T,
+) -> Result<Decided<T>> {
+    Ok(match decision {
+        HolderDecision::Write(entry) => Decided::after(
+            shared.enqueue(core, claim.key.as_bytes(), entry, false)?,
+            Ok(done),
+        ),
         HolderDecision::AlreadyCompleted(_) | HolderDecision::Lost => {
-            shared.wait_acknowledged(core, depends_on)?;
-            Err(Error::ClaimLost { token: claim.token })
+            Decided::after(depends_on, Err(Error::ClaimLost { token: claim.token }))
         }
-    }
+    })
 }
 
 const _: () = {
