@@ -51,6 +51,10 @@ impl Fresh {
     pub fn next(&self) -> u64 {
         self.0.fetch_add(1, Ordering::Relaxed)
     }
+    /// The first of `n` consecutive numbers never used before.
+    pub fn reserve(&self, n: u64) -> u64 {
+        self.0.fetch_add(n, Ordering::Relaxed)
+    }
 }
 
 /// Latency samples in nanoseconds and the throughput of one measured run.
@@ -91,6 +95,45 @@ impl Measured {
     }
 }
 
+/// One caller's count of ops, errors and latency samples; counting starts once `measuring`
+/// is set (after the warm-up).
+#[derive(Default)]
+struct Tally {
+    m: Measured,
+    counting: bool,
+}
+
+impl Tally {
+    /// Called before an op: when to time it from, if it is counted and sampled.
+    fn start(&mut self, measuring: &AtomicBool, sample: bool) -> Option<Instant> {
+        if !self.counting && measuring.load(Ordering::Relaxed) {
+            self.counting = true;
+            self.m = Measured::default();
+        }
+        (self.counting && sample).then(Instant::now)
+    }
+
+    /// Called after an op with its result; gives up after 1000 errors.
+    fn record(&mut self, result: Res<()>, started: Option<Instant>, caller: usize) -> Res<()> {
+        match result {
+            Ok(()) => self.m.ops += u64::from(self.counting),
+            Err(e) => {
+                self.m.errors += 1;
+                if self.m.errors == 1 {
+                    eprintln!("    (caller {caller}) error: {e}");
+                }
+                if self.m.errors > 1000 {
+                    return Err(e);
+                }
+            }
+        }
+        if let Some(started) = started {
+            self.m.samples.push(started.elapsed().as_nanos() as u64);
+        }
+        Ok(())
+    }
+}
+
 /// Runs `op` on `threads` threads until `budget` has passed (after a warm-up of a quarter of
 /// it), timing one op in every `sample_every`. `make` builds each thread's state (a
 /// connection, a read transaction); `op` gets the state, the thread number and the op count.
@@ -118,37 +161,14 @@ where
                     let state = make();
                     barrier.wait();
                     let mut state = state?;
-                    let mut m = Measured::default();
+                    let mut tally = Tally::default();
                     let mut n = 0u64;
-                    let mut counting = false;
-                    loop {
-                        if stop.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        if !counting && measuring.load(Ordering::Relaxed) {
-                            counting = true;
-                            m = Measured::default();
-                        }
-                        let timed = counting && n.is_multiple_of(sample_every);
-                        let started = timed.then(Instant::now);
-                        match op(&mut state, t, n) {
-                            Ok(()) => m.ops += u64::from(counting),
-                            Err(e) => {
-                                m.errors += 1;
-                                if m.errors == 1 {
-                                    eprintln!("    (thread {t}) error: {e}");
-                                }
-                                if m.errors > 1000 {
-                                    return Err(e);
-                                }
-                            }
-                        }
-                        if let Some(started) = started {
-                            m.samples.push(started.elapsed().as_nanos() as u64);
-                        }
+                    while !stop.load(Ordering::Relaxed) {
+                        let started = tally.start(measuring, n.is_multiple_of(sample_every));
+                        tally.record(op(&mut state, t, n), started, t)?;
                         n += 1;
                     }
-                    Ok(m)
+                    Ok(tally.m)
                 })
             })
             .collect();
@@ -207,4 +227,45 @@ where
         r?;
     }
     Ok(started.elapsed())
+}
+
+/// As [`run_timed`], with `tasks` asynchronous tasks on a Tokio runtime of `workers` threads
+/// instead of one thread per caller: `op(task, n)` returns the future of one operation.
+pub fn run_timed_tasks<O, F>(tasks: usize, workers: usize, budget: Duration, op: O) -> Res<Measured>
+where
+    O: Fn(usize, u64) -> F + Send + Sync + 'static,
+    F: std::future::Future<Output = Res<()>> + Send + 'static,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .build()?;
+    let op = std::sync::Arc::new(op);
+    let measuring = std::sync::Arc::new(AtomicBool::new(false));
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let (op, measuring, stop) = (op.clone(), measuring.clone(), stop.clone());
+            runtime.spawn(async move {
+                let mut tally = Tally::default();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let started = tally.start(&measuring, true);
+                    tally.record(op(t, n).await, started, t)?;
+                    n += 1;
+                }
+                Res::<Measured>::Ok(tally.m)
+            })
+        })
+        .collect();
+    thread::sleep(budget / 4);
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    thread::sleep(budget);
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    let mut parts = Vec::new();
+    for h in handles {
+        parts.push(runtime.block_on(h)??);
+    }
+    Ok(Measured::merge(parts, elapsed))
 }
