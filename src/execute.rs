@@ -1,6 +1,7 @@
 //! The closure helper: begin, run the operation once, complete (or release on error).
 
 use std::fmt;
+use std::future::Future;
 use std::time::SystemTime;
 
 use crate::claim::{Begin, Claim};
@@ -115,13 +116,9 @@ impl Store {
     where
         T: AsRef<[u8]>,
     {
-        let claim = match self.begin(key, request)? {
-            Begin::Claimed(claim) => claim,
-            Begin::Completed(outcome) => return Ok(Execution::Replayed(outcome)),
-            Begin::InProgress {
-                lease_expires_at, ..
-            } => return Ok(Execution::InProgress { lease_expires_at }),
-            Begin::Mismatch { stored, .. } => return Ok(Execution::Mismatch { stored }),
+        let claim = match claim_of(self.begin(key, request)?) {
+            Ok(claim) => claim,
+            Err(answer) => return Ok(answer),
         };
         match operation(&claim) {
             Ok(outcome) => Ok(Execution::Ran(self.complete(&claim, outcome.as_ref())?)),
@@ -130,5 +127,60 @@ impl Store {
                 release: self.release(&claim).err(),
             }),
         }
+    }
+
+    /// [`execute`](Store::execute) for asynchronous callers: `operation` gets the claim and
+    /// returns the future of its outcome. No executor thread waits for the disk (see
+    /// [`Acknowledgement`](crate::Acknowledgement)).
+    ///
+    /// ```
+    /// use idemstore::{Execution, Key, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path())?;
+    /// let key = Key::new("client-1", "req-1", "POST /charges")?;
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    /// # runtime.block_on(async {
+    /// let charge = |_claim| async { Ok::<_, std::io::Error>(b"charged 10 EUR".to_vec()) };
+    /// let ran = store.execute_async(&key, b"10 EUR", charge).await?;
+    /// assert!(matches!(ran, Execution::Ran(_)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub async fn execute_async<T, E, Fut>(
+        &self,
+        key: &Key,
+        request: &[u8],
+        operation: impl FnOnce(Claim) -> Fut,
+    ) -> Result<Execution, ExecuteError<E>>
+    where
+        T: AsRef<[u8]>,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let claim = match claim_of(self.begin_async(key, request).await?) {
+            Ok(claim) => claim,
+            Err(answer) => return Ok(answer),
+        };
+        match operation(claim.clone()).await {
+            Ok(outcome) => Ok(Execution::Ran(
+                self.complete_async(&claim, outcome.as_ref()).await?,
+            )),
+            Err(error) => Err(ExecuteError::Operation {
+                error,
+                release: self.release_async(&claim).await.err(),
+            }),
+        }
+    }
+}
+
+/// The claim to run the operation with, or what `execute` answers without running it.
+fn claim_of(begin: Begin) -> Result<Claim, Execution> {
+    match begin {
+        Begin::Claimed(claim) => Ok(claim),
+        Begin::Completed(outcome) => Err(Execution::Replayed(outcome)),
+        Begin::InProgress {
+            lease_expires_at, ..
+        } => Err(Execution::InProgress { lease_expires_at }),
+        Begin::Mismatch { stored, .. } => Err(Execution::Mismatch { stored }),
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{clock, key, options, sim_store};
 use idemstore::Clock;
 use idemstore::storage::{CrashMode, Fault, FaultError, Op, SimDisk};
-use idemstore::{Begin, Error, Fingerprint, Store};
+use idemstore::{Begin, Error, ExecuteError, Execution, Fingerprint, Store};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -243,4 +243,37 @@ fn a_read_only_store_answers_asynchronous_writes_with_an_error() {
         runtime().block_on(store.begin_async(&key(1), b"req")),
         Err(Error::ReadOnly)
     ));
+}
+
+#[test]
+fn execute_async_runs_once_replays_and_releases_on_error() {
+    let clock = clock();
+    let disk = SimDisk::new("t");
+    let store = sim_store(&disk, &clock);
+    let runs = std::cell::Cell::new(0);
+    runtime().block_on(async {
+        let charge = |claim: idemstore::Claim| {
+            runs.set(runs.get() + 1);
+            async move { Ok::<_, String>(format!("charged, token {}", claim.token())) }
+        };
+        let ran = store.execute_async(&key(1), b"req", charge).await.unwrap();
+        let Execution::Ran(outcome) = ran else {
+            panic!("a new key runs: {ran:?}");
+        };
+        let again = store.execute_async(&key(1), b"req", charge).await.unwrap();
+        assert_eq!(again, Execution::Replayed(outcome));
+        assert_eq!(runs.get(), 1, "a replay does not run the operation");
+
+        let failing = |_| async { Err::<Vec<u8>, _>("declined") };
+        match store.execute_async(&key(2), b"req", failing).await {
+            Err(ExecuteError::Operation {
+                error: "declined",
+                release: None,
+            }) => {}
+            other => panic!("the operation's error, claim released: {other:?}"),
+        }
+        assert!(store.get(&key(2)).unwrap().is_none(), "released");
+        let ran = store.execute_async(&key(2), b"req", charge).await.unwrap();
+        assert!(matches!(ran, Execution::Ran(_)), "a retry runs it: {ran:?}");
+    });
 }
