@@ -42,7 +42,7 @@ use crate::acknowledgement::Committer;
 use crate::clock::to_nanos;
 use crate::decide::Policy;
 use crate::error::{Error, Result};
-use crate::filter::Filters;
+use crate::filter::{self, Filters};
 use crate::hash::{self, KeyHashBuilder};
 use crate::index::{Change, Checkpoint, Index, decode_entry};
 use crate::log::writer::Writer;
@@ -260,18 +260,25 @@ impl Shared {
 
     /// The key's acknowledged entry: from `recent`, else from the index. `recent` is read
     /// first: an entry leaves it only after the index snapshot holding it is published.
+    ///
+    /// The key filter answers "absent" first where that is worth a probe on this thread (see
+    /// [`filter::worth_probing`]).
     pub fn acknowledged(&self, key: &[u8]) -> Result<Option<Entry>> {
-        if !self.filters.may_contain(key) {
+        if filter::worth_probing() && !self.filters.may_contain(key) {
+            filter::learn(false);
             return Ok(None);
         }
-        if self.recent_len.load(Ordering::Acquire) > 0
+        let found = if self.recent_len.load(Ordering::Acquire) > 0
             && let Some((_, entry)) = self.recent.read().get(key)
         {
-            return entry.as_deref().map(|e| decode_entry(key, e)).transpose();
-        }
-        self.index
-            .with_entry(key, |found| found.map(|v| decode_entry(key, v)))?
-            .transpose()
+            entry.as_deref().map(|e| decode_entry(key, e)).transpose()?
+        } else {
+            self.index
+                .with_entry(key, |found| found.map(|v| decode_entry(key, v)))?
+                .transpose()?
+        };
+        filter::learn(found.is_some());
+        Ok(found)
     }
 
     /// The key's current entry and the LSN it depends on (0 if it is acknowledged).

@@ -6,12 +6,13 @@
 //! opening stays independent of the index's size; lookups bypass the filter until it is
 //! ready) and whenever more keys were inserted than it was sized for. It never forgets a key
 //! it was told about, so a "no" is always right; a "maybe" goes on to the index. Removed and
-//! purged keys stay in it until the next rebuild, which only costs false positives.
+//! purged keys stay in it until the next rebuild, which only costs false positives. A thread
+//! whose lookups nearly all find their key skips it (see [`worth_probing`]).
 //!
 //! # Why it is never wrong
 //!
 //! A key reaches `recent` or the index only through a claim written by
-//! [`crate::commit::Shared::write`], which inserts it into the ready filter and into one
+//! [`crate::commit::Shared::enqueue`], which inserts it into the ready filter and into one
 //! being built *before* the change can be seen (recovery writes the index before any filter
 //! exists). A build installs its empty filter under the `core` lock (so every later write
 //! inserts into it), adds the keys in flight, then the keys in `recent`, then the keys of an
@@ -36,6 +37,44 @@ const PROBES: u32 = 6;
 const BITS_PER_KEY: u64 = 12;
 /// The smallest capacity a filter is built with, in keys.
 pub(crate) const MIN_CAPACITY: u64 = 64 * 1024;
+
+/// A thread's lookups skip the filter while its hit score is at least this.
+const BYPASS_AT: u32 = 32;
+/// The highest hit score: how much credit a run of hits builds up.
+const HIT_SCORE_MAX: u32 = 48;
+/// What a lookup of an absent key takes off the score: two such lookups in a row end a bypass.
+const MISS_COST: u32 = 16;
+
+thread_local! {
+    /// This thread's hit score (see [`worth_probing`]).
+    static HIT_SCORE: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether this thread's next lookup should probe the filter first.
+///
+/// A probe is one cache miss into the filter's bit array: well spent on a lookup of an absent
+/// key (it saves a B-tree walk), wasted on one that finds its key. So each thread keeps a
+/// score of its recent lookups (see [`learn`]): a lookup that found its key adds one, one
+/// that found none takes off [`MISS_COST`]. At [`BYPASS_AT`] or more, the thread's lookups go
+/// straight to the index — a hit-heavy thread, where fewer than about one lookup in
+/// seventeen misses. Only the cost of a lookup depends on it, never its answer: the filter
+/// is a shortcut for "absent", and the index answers every lookup without it.
+pub(crate) fn worth_probing() -> bool {
+    HIT_SCORE.with(|s| s.get() < BYPASS_AT)
+}
+
+/// Records the result of one of this thread's lookups (see [`worth_probing`]).
+pub(crate) fn learn(found: bool) {
+    HIT_SCORE.with(|s| s.set(next_score(s.get(), found)));
+}
+
+fn next_score(score: u32, found: bool) -> u32 {
+    if found {
+        (score + 1).min(HIT_SCORE_MAX)
+    } else {
+        score.saturating_sub(MISS_COST)
+    }
+}
 
 /// A fixed-size blocked Bloom filter of key hashes; safe to read and insert concurrently.
 pub(crate) struct KeyFilter {
@@ -260,6 +299,59 @@ fn probes(hash: u64) -> impl Iterator<Item = (usize, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The score after `lookups` (true: found) from `start`, and how many of them probed.
+    fn run(start: u32, lookups: impl IntoIterator<Item = bool>) -> (u32, usize) {
+        let mut score = start;
+        let mut probed = 0;
+        for found in lookups {
+            probed += usize::from(score < BYPASS_AT);
+            score = next_score(score, found);
+        }
+        (score, probed)
+    }
+
+    #[test]
+    fn a_run_of_hits_bypasses_the_filter_and_two_misses_end_it() {
+        let (score, probed) = run(0, std::iter::repeat_n(true, 100));
+        assert_eq!(
+            probed, BYPASS_AT as usize,
+            "probes until the score reaches the bar"
+        );
+        assert_eq!(score, HIT_SCORE_MAX);
+        let (score, _) = run(score, [false, false]);
+        assert!(score < BYPASS_AT, "two misses in a row: probing again");
+        let (score, _) = run(HIT_SCORE_MAX, [false]);
+        assert!(score >= BYPASS_AT, "one miss among hits keeps the bypass");
+    }
+
+    #[test]
+    fn lookups_that_mostly_miss_keep_probing() {
+        // One hit in two, then one in ten: the filter saves a walk often enough to keep it.
+        let half = (0..1000).map(|i| i % 2 == 0);
+        assert_eq!(run(0, half).1, 1000);
+        let tenth = (0..1000).map(|i| i % 10 != 0);
+        let (_, probed) = run(0, tenth);
+        assert!(probed > 900, "{probed} of 1000 probed with 10% misses");
+        // One miss in 50: the bypass holds for nearly all of them.
+        let fiftieth = (0..1000).map(|i| i % 50 != 0);
+        let (_, probed) = run(0, fiftieth);
+        assert!(probed < 100, "{probed} of 1000 probed with 2% misses");
+    }
+
+    #[test]
+    fn the_score_is_per_thread() {
+        for _ in 0..BYPASS_AT {
+            learn(true);
+        }
+        assert!(!worth_probing(), "this thread bypasses after a run of hits");
+        std::thread::spawn(|| assert!(worth_probing(), "a new thread probes"))
+            .join()
+            .unwrap();
+        learn(false);
+        learn(false);
+        assert!(worth_probing());
+    }
 
     fn key(n: u64) -> Vec<u8> {
         format!("client-{}|request-{n:012}|POST /v1/charges", n % 97).into_bytes()
