@@ -1,7 +1,9 @@
 //! A real store on a real disk in a child process that is killed with SIGKILL at a random
 //! moment, round after round (in the style of sled's crash tests). The child re-runs this test
-//! binary with `IDEMSTORE_TORTURE_CHILD` set, drives the store from several threads under
-//! `Durability::Immediate`, and prints a line for every acknowledged completion. After each
+//! binary with `IDEMSTORE_TORTURE_CHILD` set, drives the store under `Durability::Immediate`
+//! from several threads with the blocking calls and from asynchronous tasks on a Tokio
+//! runtime with `begin_async`/`complete_async`, and prints a line for every acknowledged
+//! completion. After each
 //! kill the parent reopens the store and checks that every acknowledged key replays its exact
 //! outcome (by blake3 hash) instead of being claimed again, and that fencing tokens stay
 //! ahead of every token handed out.
@@ -17,7 +19,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use idemstore::{Begin, Durability, Key, Options, Store};
+use idemstore::{Begin, Claim, Durability, Key, Options, Outcome, Store};
 
 const TEST_NAME: &str = "sigkill_never_loses_an_acknowledged_completion";
 const CHILD_ENV: &str = "IDEMSTORE_TORTURE_CHILD";
@@ -25,6 +27,8 @@ const ROUND_ENV: &str = "IDEMSTORE_TORTURE_ROUND";
 const SEED_ENV: &str = "IDEMSTORE_TORTURE_SEED";
 const SECS_ENV: &str = "IDEMSTORE_TORTURE_SECS";
 const THREADS: usize = 4;
+/// Asynchronous tasks, on one more thread's current-thread runtime.
+const TASKS: usize = 16;
 /// A child that is never killed stops on its own after this long.
 const CHILD_LIFETIME: Duration = Duration::from_secs(20);
 const REQUEST: &[u8] = b"POST /v1/charges {amount: 1000}";
@@ -81,19 +85,59 @@ fn child(dir: &Path) {
                 }
             });
         }
+        let store = store.clone();
+        s.spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("child: a runtime");
+            runtime.block_on(async {
+                let tasks: Vec<_> = (0..TASKS)
+                    .map(|t| {
+                        let store = store.clone();
+                        tokio::spawn(async move {
+                            let mut n = 0u64;
+                            while started.elapsed() < CHILD_LIFETIME {
+                                let id = format!("r{round}-a{t}-{n}");
+                                n += 1;
+                                work_async(&store, &id, seed).await;
+                            }
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    task.await.expect("child: a task");
+                }
+            });
+        });
     });
 }
 
 fn work(store: &Store, id: &str, seed: u64) {
-    let key = key(id);
-    let claim = match store.begin(&key, REQUEST).expect("child: begin") {
-        Begin::Claimed(c) => c,
-        other => panic!("child: a new key {id} was not claimed: {other:?}"),
-    };
+    let claim = claimed(store.begin(&key(id), REQUEST).expect("child: begin"), id);
     let data = outcome(id, seed);
     let stored = store.complete(&claim, &data).expect("child: complete");
-    assert_eq!(stored.data(), &data[..]);
-    // Acknowledged: complete returned, so the outcome is durable.
+    acknowledged(id, &claim, &stored, &data);
+}
+
+async fn work_async(store: &Store, id: &str, seed: u64) {
+    let begun = store.begin_async(&key(id), REQUEST).await;
+    let claim = claimed(begun.expect("child: begin_async"), id);
+    let data = outcome(id, seed);
+    let stored = store.complete_async(&claim, &data).await;
+    acknowledged(id, &claim, &stored.expect("child: complete_async"), &data);
+}
+
+fn claimed(begin: Begin, id: &str) -> Claim {
+    match begin {
+        Begin::Claimed(c) => c,
+        other => panic!("child: a new key {id} was not claimed: {other:?}"),
+    }
+}
+
+/// Reports a completion the store acknowledged (the call returned, or its future resolved):
+/// its outcome is durable.
+fn acknowledged(id: &str, claim: &Claim, stored: &Outcome, data: &[u8]) {
+    assert_eq!(stored.data(), data);
     let hash = blake3::hash(stored.data());
     say(&format!("ACK {id} {} {}", hash.to_hex(), claim.token()));
 }
@@ -235,10 +279,16 @@ fn parent() {
 
     let store = options().open(dir.path()).expect("final reopen");
     check(&store, &acked, &acked);
+    let by_tasks = acked.iter().filter(|a| a.id.contains("-a")).count();
     eprintln!(
         "torture seed {seed}: {rounds} rounds ({killed_while_working} killed while working, \
-         {killed_early} while starting), {} completions acknowledged and replayed",
+         {killed_early} while starting), {} completions acknowledged and replayed, {by_tasks} \
+         of them by asynchronous tasks",
         acked.len()
+    );
+    assert!(
+        by_tasks > 0 && by_tasks < acked.len(),
+        "both the threads and the tasks had completions acknowledged"
     );
     assert!(
         killed_while_working > 0,
