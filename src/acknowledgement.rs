@@ -25,7 +25,9 @@ use crate::store::Store;
 ///
 /// Polling never waits for the disk: a store thread (the committer, started by the first
 /// asynchronous call that has to wait) leads the group commits and wakes the tasks whose
-/// changes each one made durable. Many tasks on a few executor threads thus share each sync,
+/// changes each one made durable (on storage without helper threads, see
+/// [`Storage::helper_threads`](crate::storage::Storage::helper_threads), the poll leads its
+/// commit itself). Many tasks on a few executor threads thus share each sync,
 /// as blocking callers on many threads do. [`wait`](Acknowledgement::wait) blocks instead.
 ///
 /// ```
@@ -131,9 +133,15 @@ pub(crate) struct Wanted {
 }
 
 impl Shared {
-    /// Asks the committer to see `lsn` acknowledged, and starts it on first use. If no thread
-    /// can be started, leads the commit on the calling thread instead (which then blocks).
+    /// Asks the committer to see `lsn` acknowledged, and starts it on first use. On storage
+    /// without helper threads, or if no thread can be started, leads the commit on the calling
+    /// thread instead (which then blocks).
     pub fn request_commit(self: &Arc<Self>, lsn: u64) {
+        if !self.storage.helper_threads() {
+            // The commit wakes the waker just registered: the poll that follows answers.
+            let _ = self.wait_acknowledged(self.core.lock(), lsn);
+            return;
+        }
         let mut committer = self.committer.lock();
         if committer.is_none() {
             let weak = Arc::downgrade(self);

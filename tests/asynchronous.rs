@@ -11,6 +11,12 @@ use idemstore::Clock;
 use idemstore::storage::{CrashMode, Fault, FaultError, Op, SimDisk};
 use idemstore::{Begin, Error, ExecuteError, Execution, Fingerprint, Store};
 
+/// A simulated disk, twice: where polls lead their commits themselves (the default, as
+/// reproducible as the blocking calls), and where the committer thread leads them.
+fn disks() -> [SimDisk; 2] {
+    [SimDisk::new("t"), SimDisk::new("t").with_helper_threads()]
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -83,28 +89,30 @@ fn asynchronous_calls_answer_as_the_blocking_ones_do() {
 
 #[test]
 fn what_an_asynchronous_call_acknowledged_survives_a_power_cut() {
-    let clock = clock();
-    let disk = SimDisk::new("t");
-    let store = sim_store(&disk, &clock);
-    runtime().block_on(async {
-        for n in 0..20 {
-            let Begin::Claimed(c) = store.begin_async(&key(n), b"req").await.unwrap() else {
-                panic!("a new key is claimed");
-            };
-            if n % 2 == 0 {
-                store.complete_async(&c, b"done").await.unwrap();
+    for disk in disks() {
+        let clock = clock();
+        let store = sim_store(&disk, &clock);
+        runtime().block_on(async {
+            for n in 0..20 {
+                let Begin::Claimed(c) = store.begin_async(&key(n), b"req").await.unwrap() else {
+                    panic!("a new key is claimed");
+                };
+                if n % 2 == 0 {
+                    store.complete_async(&c, b"done").await.unwrap();
+                }
             }
+        });
+        disk.power_cut(CrashMode::DropUnsynced);
+        drop(store);
+        let store = sim_store(&disk, &clock);
+        for n in 0..20 {
+            let record = store.get(&key(n)).unwrap().expect("acknowledged");
+            assert_eq!(
+                record.outcome().map(|o| o.data().to_vec()),
+                (n % 2 == 0).then(|| b"done".to_vec()),
+                "{disk:?}"
+            );
         }
-    });
-    disk.power_cut(CrashMode::DropUnsynced);
-    drop(store);
-    let store = sim_store(&disk, &clock);
-    for n in 0..20 {
-        let record = store.get(&key(n)).unwrap().expect("acknowledged");
-        assert_eq!(
-            record.outcome().map(|o| o.data().to_vec()),
-            (n % 2 == 0).then(|| b"done".to_vec())
-        );
     }
 }
 
@@ -185,33 +193,34 @@ fn of_many_tasks_racing_for_one_key_exactly_one_claims_it() {
 
 #[test]
 fn a_failed_sync_reaches_every_waiting_task() {
-    let clock = clock();
-    let disk = SimDisk::new("t");
-    let store = sim_store(&disk, &clock);
-    runtime().block_on(async {
-        let _ = store.begin_async(&key(0), b"req").await.unwrap();
-        disk.inject(Fault {
-            op: Op::Sync,
-            skip: 0,
-            error: FaultError::Eio,
-            sticky: false,
+    for disk in disks() {
+        let clock = clock();
+        let store = sim_store(&disk, &clock);
+        runtime().block_on(async {
+            let _ = store.begin_async(&key(0), b"req").await.unwrap();
+            disk.inject(Fault {
+                op: Op::Sync,
+                skip: 0,
+                error: FaultError::Eio,
+                sticky: false,
+            });
+            let waiting: Vec<_> = (1..9).map(|n| store.begin_async(&key(n), b"req")).collect();
+            for answer in waiting {
+                // Whoever led the failed commit, each task reads its cause from the handle.
+                // A task left pending would time out here instead of hanging the test.
+                let answer = tokio::time::timeout(Duration::from_secs(30), answer).await;
+                assert!(
+                    matches!(answer, Ok(Err(Error::PreviousIo { .. }))),
+                    "{disk:?}: {answer:?}"
+                );
+            }
+            assert!(matches!(
+                store.begin_async(&key(20), b"req").await,
+                Err(Error::PreviousIo { .. })
+            ));
         });
-        let waiting: Vec<_> = (1..9).map(|n| store.begin_async(&key(n), b"req")).collect();
-        for answer in waiting {
-            // The committer led the failed commit: each task reads its cause from the handle.
-            // A task left pending would time out here instead of hanging the test.
-            let answer = tokio::time::timeout(Duration::from_secs(30), answer).await;
-            assert!(
-                matches!(answer, Ok(Err(Error::PreviousIo { .. }))),
-                "{answer:?}"
-            );
-        }
-        assert!(matches!(
-            store.begin_async(&key(20), b"req").await,
-            Err(Error::PreviousIo { .. })
-        ));
-    });
-    assert!(store.get(&key(0)).unwrap().is_some(), "acknowledged before");
+        assert!(store.get(&key(0)).unwrap().is_some(), "acknowledged before");
+    }
 }
 
 #[test]

@@ -60,10 +60,13 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     }
 
     /// Whether the store may call this storage from helper threads of its own while the
-    /// caller's call runs: an open reads the log while the index opens, and the key filter is
-    /// built from an index snapshot in a thread. The default is yes. The simulated disk says
-    /// no, to keep a seed's run reproducible: its faults count calls, and the page layout
-    /// redb writes depends on which of its read transactions are still alive.
+    /// caller's call runs: an open reads the log while the index opens, the key filter is
+    /// built from an index snapshot in a thread, and a committer thread leads the group
+    /// commits of asynchronous calls. The default is yes. Without, each of these runs on the
+    /// calling thread (a poll of an asynchronous call leads its commit itself). The simulated
+    /// disk says no unless told otherwise, to keep a seed's run reproducible: its faults
+    /// count calls, and the page layout redb writes depends on which of its read
+    /// transactions are still alive.
     fn helper_threads(&self) -> bool {
         true
     }

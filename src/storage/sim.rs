@@ -128,11 +128,15 @@ struct DiskState {
 pub struct SimDisk {
     name: Arc<str>,
     state: Arc<Mutex<DiskState>>,
+    helper_threads: bool,
 }
 
 impl fmt::Debug for SimDisk {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SimDisk").field("name", &self.name).finish()
+        f.debug_struct("SimDisk")
+            .field("name", &self.name)
+            .field("helper_threads", &self.helper_threads)
+            .finish()
     }
 }
 
@@ -142,6 +146,18 @@ impl SimDisk {
         SimDisk {
             name: Arc::from(name),
             state: Arc::new(Mutex::new(DiskState::default())),
+            helper_threads: false,
+        }
+    }
+
+    /// This handle to the same disk, letting a store use helper threads on it (see
+    /// [`Storage::helper_threads`]): for tests of the threaded paths, such as the committer
+    /// of asynchronous calls meeting an injected fault. Runs are then no longer reproducible
+    /// call for call.
+    pub fn with_helper_threads(&self) -> SimDisk {
+        SimDisk {
+            helper_threads: true,
+            ..self.clone()
         }
     }
 
@@ -374,7 +390,7 @@ impl Storage for SimDisk {
     }
 
     fn helper_threads(&self) -> bool {
-        false
+        self.helper_threads
     }
 
     fn describe(&self) -> String {
