@@ -31,6 +31,10 @@ fn acknowledged_state_survives_power_cuts() {
         tally.keys_checked > 100 * tally.runs,
         "too few keys checked: {tally:?}"
     );
+    assert!(
+        tally.asynchronous > 10 * tally.runs,
+        "too few asynchronous calls: {tally:?}"
+    );
 }
 
 use idemstore::storage::{CrashMode, Fault, FaultError, Op, SimDisk};

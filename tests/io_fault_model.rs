@@ -18,6 +18,10 @@ fn injected_io_errors_fail_calls_poison_the_handle_and_lose_nothing() {
         "too few faults fired: {tally:?}"
     );
     assert!(
+        tally.asynchronous_failed > 0,
+        "no asynchronous call met a fault: {tally:?}"
+    );
+    assert!(
         tally.refusals_checked >= tally.runs,
         "too few refusals checked: {tally:?}"
     );

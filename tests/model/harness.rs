@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use idemstore::storage::{CrashMode, Fault, FaultError, Op, SimDisk};
 use idemstore::{
-    Begin, Claim, Clock, Durability, Error, Key, ManualClock, Options, Outcome, Record, Store,
+    Acknowledgement, Begin, Claim, Clock, Durability, Error, Key, ManualClock, Options, Outcome,
+    Record, Store,
 };
 
 use super::Tally;
@@ -210,6 +211,25 @@ impl<'a> Harness<'a> {
 
     fn store(&self) -> Store {
         self.store.clone().expect("the store is open")
+    }
+
+    /// Makes a store call the blocking way or, every other operation (no input is spent on
+    /// the choice, so a seed means what it meant before), the asynchronous way: the answers
+    /// and the disk's calls must be the same.
+    fn call<T>(
+        &mut self,
+        blocking: impl FnOnce(&Store) -> Result<T, Error>,
+        asynchronous: impl FnOnce(&Store) -> Acknowledgement<T>,
+    ) -> Result<T, Error> {
+        let store = self.store();
+        if self.tally.ops.is_multiple_of(2) {
+            blocking(&store)
+        } else {
+            self.tally.asynchronous += 1;
+            let got = super::block_on(asynchronous(&store));
+            self.tally.asynchronous_failed += u64::from(got.is_err());
+            got
+        }
     }
 
     fn step(&mut self) {
@@ -576,7 +596,11 @@ impl<'a> Harness<'a> {
         let request = self.input.below(m::REQUESTS) as u8;
         let now = self.now();
         let expect = m::begin(self.model.get(&key), request, now);
-        let got = self.store().begin(&key, &m::request(request));
+        let request_bytes = m::request(request);
+        let got = self.call(
+            |s| s.begin(&key, &request_bytes),
+            |s| s.begin_async(&key, &request_bytes),
+        );
         match (got, &expect) {
             (Ok(Begin::Claimed(c)), BeginExpect::Claim { attempt }) => {
                 assert_eq!(
@@ -651,7 +675,10 @@ impl<'a> Harness<'a> {
         let now = self.now();
         let key = claim.key().clone();
         let expect = m::complete(self.model.get(&key), claim.token(), &data, now);
-        let got = self.store().complete(&claim, &data);
+        let got = self.call(
+            |s| s.complete(&claim, &data),
+            |s| s.complete_async(&claim, &data),
+        );
         match (got, expect) {
             (Ok(o), HolderExpect::Write(Some(s))) => {
                 assert_eq!(State::of_outcome(&o, s.request), s, "{key}: wrong outcome");
@@ -690,7 +717,7 @@ impl<'a> Harness<'a> {
         let claim = self.claim_at(at);
         let key = claim.key().clone();
         let expect = m::release(self.model.get(&key), claim.token(), self.now());
-        let got = self.store().release(&claim);
+        let got = self.call(|s| s.release(&claim), |s| s.release_async(&claim));
         self.holder_result(key, got.map(|()| None), expect, "release")?;
         self.drop_claim(at);
         Ok(())
@@ -704,7 +731,7 @@ impl<'a> Harness<'a> {
         let key = claim.key().clone();
         let by = Duration::from_secs(self.input.pick(&[1, 5, 30]));
         let expect = m::extend(self.model.get(&key), claim.token(), by, self.now());
-        let got = self.store().extend(&claim, by);
+        let got = self.call(|s| s.extend(&claim, by), |s| s.extend_async(&claim, by));
         self.holder_result(key, got.map(|t| Some(nanos(t))), expect, "extend")
     }
 
@@ -748,7 +775,7 @@ impl<'a> Harness<'a> {
         let key = self.key();
         let now = self.now();
         let live = self.model.get(&key).is_some_and(|s| s.live(now));
-        match self.store().remove(&key) {
+        match self.call(|s| s.remove(&key), |s| s.remove_async(&key)) {
             Ok(removed) => {
                 assert_eq!(removed, live, "remove {key}");
                 if removed {

@@ -35,6 +35,26 @@ pub fn options(clock: &idemstore::ManualClock) -> idemstore::Options {
         .cache_size(4 << 20)
 }
 
+/// Polls `future` to its end on this thread, parking between polls: a minimal executor for
+/// the asynchronous calls of the models (std only, so the fuzz targets need nothing more).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        match future.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(out) => return out,
+            std::task::Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
 /// Runs the crash model over `data`.
 pub fn crash_recovery(data: &[u8]) -> Tally {
     harness::run(harness::Flavor::Crash, data)
@@ -87,6 +107,10 @@ pub struct Tally {
     /// Damaged inputs that opened, and that were refused with `Corruption` or `Io`.
     pub opened: u64,
     pub refused: u64,
+    /// Calls made through the asynchronous API (every other operation), and how many of
+    /// them failed.
+    pub asynchronous: u64,
+    pub asynchronous_failed: u64,
 }
 
 impl AddAssign for Tally {
@@ -104,6 +128,8 @@ impl AddAssign for Tally {
         self.keys_checked += o.keys_checked;
         self.stable_reopens += o.stable_reopens;
         self.opened += o.opened;
+        self.asynchronous += o.asynchronous;
+        self.asynchronous_failed += o.asynchronous_failed;
         self.refused += o.refused;
     }
 }
