@@ -12,6 +12,9 @@ cargo run --example quickstart
 step "example: execute"
 cargo run --example execute
 
+step "example: async_service"
+cargo run --example async_service
+
 step "example: payments (the README's demo command)"
 cargo run --release --example payments
 

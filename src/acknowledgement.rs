@@ -19,7 +19,10 @@ use crate::store::Store;
 /// the blocking call would have returned it.
 ///
 /// The call decides when it is made, not when the future is first polled: a claim, say, is
-/// already taken and in the next group commit when `begin_async` returns. Dropping the future
+/// already taken and in the next group commit when `begin_async` returns. Deciding runs on
+/// the calling thread, as a `get` does: it holds the store's lock for a few microseconds and
+/// reads the key's record, from memory or from the index (whose page cache may miss and read
+/// the disk); it never waits for a write or a sync. Dropping the future
 /// does not withdraw the change. A claim whose future is dropped is held by no one until its
 /// lease lapses, as after a crash.
 ///
