@@ -155,6 +155,28 @@ fn writes(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // One task at a time: the cost of a lone asynchronous caller, whose every write is led by
+    // the committer thread and so pays a thread wake-up each (many tasks share them).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    g.bench_function("begin_complete_new_key_async_one_task", |b| {
+        b.iter_batched(
+            || {
+                next += 1;
+                key(next)
+            },
+            |k| {
+                runtime.block_on(async {
+                    match store.begin_async(&k, REQUEST).await.expect("begin") {
+                        Begin::Claimed(c) => store.complete_async(&c, &OUTCOME).await,
+                        other => panic!("a new key was not claimed: {other:?}"),
+                    }
+                })
+            },
+            BatchSize::SmallInput,
+        )
+    });
     g.finish();
 }
 
