@@ -197,6 +197,12 @@ impl Shared {
             policy: Policy {
                 lease: crate::clock::duration_nanos(parts.options.lease),
                 retention: crate::clock::duration_nanos(parts.options.retention),
+                // Every claim in the store has a token below the next one.
+                lapsed_below: if parts.options.lapse_claims_on_open {
+                    parts.next_token
+                } else {
+                    0
+                },
             },
             core: Mutex::new(Core {
                 in_flight: HashMap::default(),

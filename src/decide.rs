@@ -6,17 +6,19 @@
 //! |---|---|---|
 //! | absent (never seen, released, removed, or past `expires_at`) | claim, attempt 1 | claim, attempt 1 |
 //! | in progress, lease live | in progress | mismatch |
-//! | in progress, lease lapsed | take over: attempt + 1 | mismatch |
+//! | in progress, lease lapsed (or the claim is from before an open that lapsed claims) | take over: attempt + 1 | mismatch |
 //! | completed, within retention | replay | mismatch |
 
 use crate::key::Fingerprint;
 use crate::record::{Body, Entry, Outcome};
 
-/// Lease and retention, in nanoseconds.
+/// Lease and retention, in nanoseconds; and the first fencing token of this handle when the
+/// claims of earlier handles lapsed at open (`Options::lapse_claims_on_open`), else 0.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Policy {
     pub lease: u64,
     pub retention: u64,
+    pub lapsed_below: u64,
 }
 
 /// What `begin` decides.
@@ -37,7 +39,12 @@ pub(crate) fn live(current: Option<&Entry>, now: u64) -> Option<&Entry> {
     current.filter(|e| e.is_live(now))
 }
 
-pub(crate) fn begin(current: Option<&Entry>, request: Fingerprint, now: u64) -> BeginDecision {
+pub(crate) fn begin(
+    current: Option<&Entry>,
+    request: Fingerprint,
+    now: u64,
+    policy: Policy,
+) -> BeginDecision {
     let Some(entry) = live(current, now) else {
         return BeginDecision::Claim { attempt: 1 };
     };
@@ -47,7 +54,9 @@ pub(crate) fn begin(current: Option<&Entry>, request: Fingerprint, now: u64) -> 
         };
     }
     match &entry.body {
-        Body::InProgress { lease_expires_at } if now < *lease_expires_at => {
+        Body::InProgress { lease_expires_at }
+            if now < *lease_expires_at && entry.token >= policy.lapsed_below =>
+        {
             BeginDecision::InProgress {
                 lease_expires_at: *lease_expires_at,
                 attempt: entry.attempt,
@@ -168,6 +177,7 @@ mod tests {
     const POLICY: Policy = Policy {
         lease: 10,
         retention: 100,
+        lapsed_below: 0,
     };
 
     fn fp(s: &str) -> Fingerprint {
@@ -175,31 +185,62 @@ mod tests {
     }
 
     #[test]
+    fn claims_from_before_an_open_that_lapsed_them_are_taken_over_at_once() {
+        let old = claim_entry(fp("a"), 5, 1, 0, POLICY);
+        let lapsing = Policy {
+            lapsed_below: 6,
+            ..POLICY
+        };
+        assert_eq!(
+            begin(Some(&old), fp("a"), 1, lapsing),
+            BeginDecision::Claim { attempt: 2 },
+            "token 5 is from before the open: its live lease no longer holds the key"
+        );
+        let new = claim_entry(fp("a"), 6, 2, 1, POLICY);
+        assert!(matches!(
+            begin(Some(&new), fp("a"), 2, lapsing),
+            BeginDecision::InProgress { attempt: 2, .. }
+        ));
+        assert!(matches!(
+            begin(Some(&old), fp("b"), 1, lapsing),
+            BeginDecision::Mismatch { .. }
+        ));
+        // Its holder may still finish it until someone takes the key over.
+        assert!(matches!(
+            complete(Some(&old), 5, b"out", 1, lapsing),
+            HolderDecision::Write(Some(_))
+        ));
+    }
+
+    #[test]
     fn table() {
         let claim = claim_entry(fp("a"), 5, 1, 0, POLICY);
-        assert_eq!(begin(None, fp("a"), 0), BeginDecision::Claim { attempt: 1 });
         assert_eq!(
-            begin(Some(&claim), fp("a"), 9),
+            begin(None, fp("a"), 0, POLICY),
+            BeginDecision::Claim { attempt: 1 }
+        );
+        assert_eq!(
+            begin(Some(&claim), fp("a"), 9, POLICY),
             BeginDecision::InProgress {
                 lease_expires_at: 10,
                 attempt: 1
             }
         );
         assert!(matches!(
-            begin(Some(&claim), fp("b"), 9),
+            begin(Some(&claim), fp("b"), 9, POLICY),
             BeginDecision::Mismatch { .. }
         ));
         assert_eq!(
-            begin(Some(&claim), fp("a"), 10),
+            begin(Some(&claim), fp("a"), 10, POLICY),
             BeginDecision::Claim { attempt: 2 }
         );
         assert!(matches!(
-            begin(Some(&claim), fp("b"), 10),
+            begin(Some(&claim), fp("b"), 10, POLICY),
             BeginDecision::Mismatch { .. }
         ));
         // An abandoned claim leaves the store lease + retention after it was taken.
         assert_eq!(
-            begin(Some(&claim), fp("b"), 110),
+            begin(Some(&claim), fp("b"), 110, POLICY),
             BeginDecision::Claim { attempt: 1 }
         );
 
@@ -207,14 +248,14 @@ mod tests {
             panic!("holder could not complete");
         };
         assert!(
-            matches!(begin(Some(&done), fp("a"), 102), BeginDecision::Replay(o) if o.data() == b"out")
+            matches!(begin(Some(&done), fp("a"), 102, POLICY), BeginDecision::Replay(o) if o.data() == b"out")
         );
         assert!(matches!(
-            begin(Some(&done), fp("b"), 102),
+            begin(Some(&done), fp("b"), 102, POLICY),
             BeginDecision::Mismatch { .. }
         ));
         assert_eq!(
-            begin(Some(&done), fp("b"), 103),
+            begin(Some(&done), fp("b"), 103, POLICY),
             BeginDecision::Claim { attempt: 1 }
         );
     }

@@ -56,6 +56,7 @@ pub struct Options {
     pub(crate) segment_size: u64,
     pub(crate) cache_size: usize,
     pub(crate) read_only: bool,
+    pub(crate) lapse_claims_on_open: bool,
 }
 
 impl Default for Options {
@@ -72,6 +73,7 @@ impl Default for Options {
             segment_size: 64 << 20,
             cache_size: 1 << 30,
             read_only: false,
+            lapse_claims_on_open: false,
         }
     }
 }
@@ -112,6 +114,25 @@ impl Options {
     /// Long operations call [`Store::extend`] as a heartbeat.
     pub fn lease(mut self, lease: Duration) -> Options {
         self.lease = lease;
+        self
+    }
+
+    /// Whether the claims left in progress by an earlier handle lapse when the store opens, so
+    /// that a retry takes the key over at once (with `attempt() > 1`, the sign of an operation
+    /// in doubt) instead of being told [`Begin::InProgress`](crate::Begin) until the lease
+    /// runs out. Default `false`.
+    ///
+    /// Turn it on when each process opens the store once, at start: the directory lock then
+    /// means no claim from before the open can still be running, and after a crash the
+    /// retries of the in-doubt operations need not wait out their leases. Leave it off if a
+    /// process closes and reopens the store while operations that hold claims from the old
+    /// handle still run: those claims would be taken over, and their holders would get
+    /// [`Error::ClaimLost`](crate::Error::ClaimLost) once they were. A lapsed claim is
+    /// otherwise unchanged: its holder may still complete, release or extend it until
+    /// someone takes it over; `get` and `in_progress` still show its stored lease, and
+    /// [`RecoveryReport::in_doubt`](crate::RecoveryReport) counts it.
+    pub fn lapse_claims_on_open(mut self, lapse: bool) -> Options {
+        self.lapse_claims_on_open = lapse;
         self
     }
 

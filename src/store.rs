@@ -354,7 +354,7 @@ fn decide_begin(
     request: Fingerprint,
 ) -> Result<Decided<Begin>> {
     let (current, depends_on) = shared.current(core, key.as_bytes())?;
-    let answer = match decide::begin(current.as_ref(), request, now) {
+    let answer = match decide::begin(current.as_ref(), request, now, shared.policy) {
         BeginDecision::Claim { attempt } => {
             let token = core.next_token;
             let entry = decide::claim_entry(request, token, attempt, now, shared.policy);

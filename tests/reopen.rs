@@ -662,3 +662,69 @@ fn records_the_checkpoint_covers_are_not_replayed_or_brought_back() {
         check(&store, &expected, torn);
     }
 }
+
+#[test]
+fn with_lapse_claims_on_open_an_in_doubt_claim_is_taken_over_at_once() {
+    let clock = clock();
+    let disk = SimDisk::new("t");
+    let lapsing = || {
+        options(&clock)
+            .lapse_claims_on_open(true)
+            .open_storage(disk.clone())
+            .expect("open")
+    };
+    let store = lapsing();
+    let in_doubt = claim(&store, &key(1), b"a");
+    let finished = claim(&store, &key(2), b"b");
+    store.complete(&finished, b"outcome-2").unwrap();
+    disk.power_cut(CrashMode::DropUnsynced);
+    drop(store);
+
+    let store = lapsing();
+    assert_eq!(store.recovery_report().in_doubt, 1);
+    // The lease (10 s) has not run out, but the claim is from before the open.
+    let Begin::Claimed(retry) = store.begin(&key(1), b"a").unwrap() else {
+        panic!("the in-doubt claim was not taken over");
+    };
+    assert_eq!(
+        retry.attempt(),
+        2,
+        "the takeover says the operation is in doubt"
+    );
+    assert!(retry.token() > in_doubt.token());
+    // Claims of this handle hold their keys as usual, and mismatches are still refused.
+    assert!(matches!(
+        store.begin(&key(1), b"a").unwrap(),
+        Begin::InProgress { attempt: 2, .. }
+    ));
+    assert!(matches!(
+        store.begin(&key(1), b"other").unwrap(),
+        Begin::Mismatch { .. }
+    ));
+    assert_eq!(completed(&store, &key(2), b"b").data(), b"outcome-2");
+    // The old holder was taken over: fenced.
+    assert!(matches!(
+        store.complete(&in_doubt, b"late"),
+        Err(Error::ClaimLost { .. })
+    ));
+    store.complete(&retry, b"outcome-1").unwrap();
+    drop(store);
+
+    // Without the option (the default), a claim from before the open holds its key until
+    // its lease runs out.
+    let store = sim_store(&disk, &clock);
+    let held = claim(&store, &key(3), b"c");
+    drop(store);
+    let store = sim_store(&disk, &clock);
+    assert!(matches!(
+        store.begin(&key(3), b"c").unwrap(),
+        Begin::InProgress { attempt: 1, .. }
+    ));
+    drop(store);
+    let store = lapsing();
+    assert!(matches!(store.begin(&key(3), b"c").unwrap(), Begin::Claimed(c) if c.attempt() == 2));
+    assert!(matches!(
+        store.complete(&held, b"late"),
+        Err(Error::ClaimLost { .. })
+    ));
+}
