@@ -29,6 +29,15 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Async services
+//!
+//! Every write has an asynchronous twin ([`Store::begin_async`], [`Store::complete_async`],
+//! [`Store::release_async`], [`Store::extend_async`], [`Store::remove_async`],
+//! [`Store::execute_async`]) that decides at once and returns an [`Acknowledgement`], a
+//! future that resolves when the answer is durable. A store thread leads the group commits
+//! for them, so no executor thread waits for the disk and many tasks share each sync. No
+//! runtime is required.
+//!
 //! # Guarantees
 //!
 //! - Everything acknowledged in [`Durability::Immediate`] (the default) survives kill -9 and
