@@ -143,9 +143,31 @@ impl Record {
         }
     }
 
-    /// The outcome, if the operation completed.
+    /// The outcome, if the operation completed (a copy; see
+    /// [`into_outcome`](Record::into_outcome) to take it without one).
     pub fn outcome(&self) -> Option<Outcome> {
         self.entry.outcome()
+    }
+
+    /// The outcome, if the operation completed, moved out of the record without a copy.
+    pub fn into_outcome(self) -> Option<Outcome> {
+        let Entry {
+            token,
+            attempt,
+            expires_at,
+            body,
+            ..
+        } = self.entry;
+        match body {
+            Body::Completed { completed_at, data } => Some(Outcome {
+                data,
+                completed_at,
+                expires_at,
+                token,
+                attempt,
+            }),
+            Body::InProgress { .. } => None,
+        }
     }
 
     /// When the record leaves the store (for an in-progress record: its lease expiry plus the

@@ -99,6 +99,17 @@ fn completed_key_replays_same_request_and_rejects_other() {
         store.begin(&key(1), b"other").unwrap(),
         Begin::Mismatch { .. }
     ));
+    // `get` shows the same outcome, copied or moved out.
+    let record = store.get(&key(1)).unwrap().expect("completed");
+    assert_eq!(record.outcome().as_ref(), Some(&stored));
+    assert_eq!(record.into_outcome(), Some(stored));
+    let in_progress = claim(&store, &key(2), b"req");
+    let record = store.get(&key(2)).unwrap().expect("claimed");
+    assert_eq!(
+        record.into_outcome(),
+        None,
+        "{in_progress:?} has no outcome yet"
+    );
 }
 
 #[test]
