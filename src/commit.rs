@@ -753,3 +753,77 @@ impl Drop for Shared {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::claim::Begin;
+    use crate::key::Key;
+
+    /// Waits up to a minute for `cond`, failing with `what` after that.
+    fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+        let started = Instant::now();
+        while !cond() {
+            assert!(started.elapsed() < Duration::from_secs(60), "{what}");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn writers_wait_for_the_index_once_the_backlog_is_full() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Options::new()
+            .durability(Durability::None)
+            .cache_size(16 << 20)
+            .open(dir.path())
+            .expect("open");
+        let shared = store.shared().clone();
+        // A stalled index: the background thread, and every writer that comes to help it,
+        // waits for this.
+        let stalled = shared.apply.lock();
+        let written = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..4)
+            .map(|t| {
+                let (store, written, stop) = (store.clone(), written.clone(), stop.clone());
+                thread::spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let key = Key::new("backlog", format!("{t}-{n}"), "op").expect("key");
+                        let begun = store.begin(&key, b"req").expect("begin");
+                        assert!(matches!(begun, Begin::Claimed(_)), "{begun:?}");
+                        written.fetch_add(1, Ordering::Relaxed);
+                        n += 1;
+                    }
+                })
+            })
+            .collect();
+        let unapplied = || shared.unapplied.lock().len();
+        eventually("the backlog never filled", || unapplied() > APPLY_BACKLOG);
+        let mut last = written.load(Ordering::Relaxed);
+        eventually("the writers went on past a full backlog", || {
+            thread::sleep(Duration::from_millis(300));
+            let now = written.load(Ordering::Relaxed);
+            std::mem::replace(&mut last, now) == now
+        });
+        let held = unapplied();
+        assert!(
+            held <= APPLY_BACKLOG + 64,
+            "{held} changes queued for a stalled index: memory is not bounded"
+        );
+
+        stop.store(true, Ordering::Relaxed);
+        drop(stalled);
+        for w in writers {
+            w.join().expect("a writer");
+        }
+        let written = written.load(Ordering::Relaxed);
+        assert!(written > APPLY_BACKLOG as u64);
+        let stats = store.stats().expect("stats");
+        assert_eq!(
+            stats.in_progress, written,
+            "every acknowledged claim reached the index"
+        );
+        assert_eq!(unapplied(), 0);
+    }
+}
