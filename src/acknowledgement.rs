@@ -12,6 +12,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::commit::Shared;
 use crate::error::Result;
 use crate::maintenance::Helper;
+use crate::options::Durability;
 use crate::store::Store;
 
 /// The answer of an asynchronous call such as [`Store::begin_async`]: a future that resolves
@@ -138,11 +139,21 @@ pub(crate) struct Wanted {
 impl Shared {
     /// Asks the committer to see `lsn` acknowledged, and starts it on first use. On storage
     /// without helper threads, or if no thread can be started, leads the commit on the calling
-    /// thread instead (which then blocks).
+    /// thread instead (which then blocks). In the modes that do not sync before acknowledging,
+    /// leads it on the calling thread whenever no other leader is running.
     pub fn request_commit(self: &Arc<Self>, lsn: u64) {
         if !self.storage.helper_threads() {
             // The commit wakes the waker just registered: the poll that follows answers.
             let _ = self.wait_acknowledged(self.core.lock(), lsn);
+            return;
+        }
+        // Without a sync on the commit path, leading costs this thread a write(2) only: do it
+        // here when no leader runs, rather than pay two thread wake-ups for the committer.
+        // An error is read by the poll that follows; `Ok(false)`: a leader runs, ask the
+        // committer to follow it up.
+        if self.options.durability != Durability::Immediate
+            && !matches!(self.lead_unless_led(self.core.lock(), lsn), Ok(false))
+        {
             return;
         }
         let mut committer = self.committer.lock();

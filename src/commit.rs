@@ -378,10 +378,27 @@ impl Shared {
     }
 
     /// Waits until `lsn` is acknowledged, leading a group commit when no one else is.
-    pub fn wait_acknowledged(&self, mut core: MutexGuard<'_, Core>, lsn: u64) -> Result<()> {
+    pub fn wait_acknowledged(&self, core: MutexGuard<'_, Core>, lsn: u64) -> Result<()> {
+        self.see_acknowledged(core, lsn, true).map(drop)
+    }
+
+    /// Leads the commit that acknowledges `lsn` unless another leader is running; `Ok(false)`
+    /// then, without waiting for it.
+    pub fn lead_unless_led(&self, core: MutexGuard<'_, Core>, lsn: u64) -> Result<bool> {
+        self.see_acknowledged(core, lsn, false)
+    }
+
+    /// Sees `lsn` acknowledged, leading group commits while no one else is: waits for a
+    /// running leader if `wait`, else returns `Ok(false)`.
+    fn see_acknowledged(
+        &self,
+        mut core: MutexGuard<'_, Core>,
+        lsn: u64,
+        wait: bool,
+    ) -> Result<bool> {
         loop {
             if core.acknowledged_lsn >= lsn {
-                return Ok(());
+                return Ok(true);
             }
             if let Some(cause) = &core.failure {
                 return Err(Error::PreviousIo {
@@ -389,6 +406,9 @@ impl Shared {
                 });
             }
             if core.leader {
+                if !wait {
+                    return Ok(false);
+                }
                 self.acknowledged.wait(&mut core);
                 continue;
             }
@@ -419,7 +439,7 @@ impl Shared {
                 };
                 // A failure has poisoned the handle; this caller's write is acknowledged.
                 let _ = done;
-                return Ok(());
+                return Ok(true);
             }
         }
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{clock, key, options, sim_store};
 use idemstore::Clock;
 use idemstore::storage::{CrashMode, Fault, FaultError, Op, SimDisk};
-use idemstore::{Begin, Error, ExecuteError, Execution, Fingerprint, Store};
+use idemstore::{Begin, Durability, Error, ExecuteError, Execution, Fingerprint, Store};
 
 /// A simulated disk, twice: where polls lead their commits themselves (the default, as
 /// reproducible as the blocking calls), and where the committer thread leads them.
@@ -285,4 +285,61 @@ fn execute_async_runs_once_replays_and_releases_on_error() {
         let ran = store.execute_async(&key(2), b"req", charge).await.unwrap();
         assert!(matches!(ran, Execution::Ran(_)), "a retry runs it: {ran:?}");
     });
+}
+
+#[test]
+fn in_the_modes_that_do_not_sync_tasks_lead_their_own_commits_and_lose_nothing_to_a_kill() {
+    for durability in [
+        Durability::None,
+        Durability::Periodic(Duration::from_secs(3600)),
+    ] {
+        let clock = clock();
+        let disk = SimDisk::new("t").with_helper_threads();
+        let store = options(&clock)
+            .durability(durability)
+            .open_storage(disk.clone())
+            .unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            for t in 0..16u64 {
+                let store = store.clone();
+                set.spawn(async move {
+                    for r in 0..20 {
+                        let Begin::Claimed(c) =
+                            store.begin_async(&key(t * 100 + r), b"req").await?
+                        else {
+                            panic!("a new key is claimed");
+                        };
+                        store.complete_async(&c, b"done").await?;
+                    }
+                    Ok::<(), Error>(())
+                });
+            }
+            // A task left pending fails here instead of hanging the test.
+            let all = async {
+                while let Some(done) = set.join_next().await {
+                    done.unwrap().unwrap();
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(60), all)
+                .await
+                .expect("every task finished");
+        });
+        // A process crash (the page cache survives): what was acknowledged was written.
+        disk.power_cut(CrashMode::KeepAll);
+        drop(store);
+        let store = sim_store(&disk, &clock);
+        for t in 0..16u64 {
+            for r in 0..20 {
+                let record = store.get(&key(t * 100 + r)).unwrap();
+                let outcome = record.and_then(|r| r.into_outcome()).map(|o| o.into_data());
+                assert_eq!(outcome.as_deref(), Some(&b"done"[..]), "{durability:?}");
+            }
+        }
+    }
 }
