@@ -44,12 +44,12 @@ use crate::decide::Policy;
 use crate::error::{Error, Result};
 use crate::filter::{self, Filters};
 use crate::hash::{self, KeyHashBuilder};
-use crate::index::{Change, Checkpoint, Index, decode_entry};
+use crate::index::{Change, Checkpoint, Index, decode_entry_ref};
 use crate::log::writer::Writer;
 use crate::log::{entry, frame};
 use crate::maintenance::Background;
 use crate::options::{Durability, Options};
-use crate::record::Entry;
+use crate::record::{Entry, EntryRef};
 use crate::stats::RecoveryReport;
 use crate::storage::Storage;
 
@@ -266,25 +266,43 @@ impl Shared {
 
     /// The key's acknowledged entry: from `recent`, else from the index. `recent` is read
     /// first: an entry leaves it only after the index snapshot holding it is published.
+    pub fn acknowledged(&self, key: &[u8]) -> Result<Option<Entry>> {
+        self.acknowledged_with(key, |found| found.map(|e| e.to_entry()))
+    }
+
+    /// Calls `f` with the key's acknowledged entry decoded in place (see [`acknowledged`]).
+    /// No lock is held while `f` runs, only the index snapshot.
     ///
     /// The key filter answers "absent" first where that is worth a probe on this thread (see
     /// [`filter::worth_probing`]).
-    pub fn acknowledged(&self, key: &[u8]) -> Result<Option<Entry>> {
+    ///
+    /// [`acknowledged`]: Shared::acknowledged
+    pub fn acknowledged_with<T>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(Option<EntryRef<'_>>) -> T,
+    ) -> Result<T> {
         if filter::worth_probing() && !self.filters.may_contain(key) {
             filter::learn(false);
-            return Ok(None);
+            return Ok(f(None));
         }
-        let found = if self.recent_len.load(Ordering::Acquire) > 0
-            && let Some((_, entry)) = self.recent.read().get(key)
-        {
-            entry.as_deref().map(|e| decode_entry(key, e)).transpose()?
-        } else {
-            self.index
-                .with_entry(key, |found| found.map(|v| decode_entry(key, v)))?
-                .transpose()?
+        let recent = match self.recent_len.load(Ordering::Acquire) {
+            0 => None,
+            _ => self.recent.read().get(key).map(|(_, entry)| entry.clone()),
         };
-        filter::learn(found.is_some());
-        Ok(found)
+        if let Some(entry) = recent {
+            let found = entry
+                .as_deref()
+                .map(|e| decode_entry_ref(key, e))
+                .transpose()?;
+            filter::learn(found.is_some());
+            return Ok(f(found));
+        }
+        self.index.with_entry(key, |stored| {
+            let found = stored.map(|v| decode_entry_ref(key, v)).transpose()?;
+            filter::learn(found.is_some());
+            Ok(f(found))
+        })?
     }
 
     /// The key's current entry and the LSN it depends on (0 if it is acknowledged).

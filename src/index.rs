@@ -31,7 +31,7 @@ use redb::{
 
 use crate::error::{Error, Result};
 use crate::key::describe;
-use crate::record::{Entry, le_u64};
+use crate::record::{Entry, EntryRef, le_u64};
 use crate::storage::StorageFile;
 
 /// The index file's name in the store directory.
@@ -162,12 +162,13 @@ impl Index {
 
     /// Calls `f` with the encoded entry of `key`, without copying it.
     pub fn with_entry<T>(&self, key: &[u8], f: impl FnOnce(Option<&[u8]>) -> T) -> Result<T> {
-        guarded(|| {
-            let table = self.snapshot.load();
-            let table = table.as_ref().ok_or(Error::Closed)?;
-            let guard = table.get(key)?;
-            Ok(f(guard.as_ref().map(|v| v.value())))
-        })
+        let table = self.snapshot.load();
+        let table = table.as_ref().ok_or(Error::Closed)?;
+        // Only redb's part runs under `guarded`: a panic in `f` (a caller's closure, for
+        // `Store::get_with`) is the caller's, not a damaged page.
+        let guard = guarded(|| Ok(table.get(key)?))?;
+        let value = guarded(|| Ok(guard.as_ref().map(|v| v.value())))?;
+        Ok(f(value))
     }
 
     /// Applies `changes` in one commit: for each key, its last change in the slice, in key
@@ -550,7 +551,12 @@ pub(crate) fn is_in_progress(entry: Option<&[u8]>) -> bool {
 
 /// Decodes an encoded entry, naming the index as the location on damage.
 pub(crate) fn decode_entry(key: &[u8], bytes: &[u8]) -> Result<Entry> {
-    Entry::decode(key, bytes, &|| {
+    decode_entry_ref(key, bytes).map(|e| e.to_entry())
+}
+
+/// [`decode_entry`] in place: the outcome borrows `bytes`.
+pub(crate) fn decode_entry_ref<'a>(key: &[u8], bytes: &'a [u8]) -> Result<EntryRef<'a>> {
+    EntryRef::decode(key, bytes, &|| {
         format!("{INDEX_FILE} record for key {}", describe(key))
     })
 }

@@ -86,7 +86,7 @@ pub use execute::{ExecuteError, Execution};
 pub use key::{Fingerprint, Key, MAX_KEY_PART};
 pub use log::frame::MAX_OUTCOME_LIMIT;
 pub use options::{Durability, Options};
-pub use record::{Outcome, Record, RecordState};
+pub use record::{Outcome, Record, RecordRef, RecordState};
 pub use stats::{RecoveryReport, Stats, TornTail};
 pub use store::Store;
 pub use verify::{Problem, VerifyReport, verify, verify_dir};

@@ -248,6 +248,30 @@ impl Entry {
     /// Decodes and verifies an entry stored under `key`. `location` names where the bytes came
     /// from, for the error message.
     pub fn decode(key: &[u8], bytes: &[u8], location: &dyn Fn() -> String) -> Result<Entry> {
+        EntryRef::decode(key, bytes, location).map(|e| e.to_entry())
+    }
+}
+
+/// An entry decoded in place: its outcome borrows the stored bytes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EntryRef<'a> {
+    pub fingerprint: Fingerprint,
+    pub token: u64,
+    pub attempt: u32,
+    pub expires_at: u64,
+    pub body: BodyRef<'a>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum BodyRef<'a> {
+    InProgress { lease_expires_at: u64 },
+    Completed { completed_at: u64, data: &'a [u8] },
+}
+
+impl<'a> EntryRef<'a> {
+    /// Decodes and verifies an entry stored under `key` without copying its outcome. The one
+    /// decoder: [`Entry::decode`] is this plus a copy.
+    pub fn decode(key: &[u8], bytes: &'a [u8], location: &dyn Fn() -> String) -> Result<Self> {
         let bad = |what: &str| Error::corruption(format!("record {what}"), location());
         if bytes.len() < RECORD_OVERHEAD {
             return Err(bad("shorter than its header"));
@@ -269,22 +293,105 @@ impl Entry {
             return Err(bad("outcome length does not match"));
         }
         let body = match body.get(STATE_AT) {
-            Some(&STATE_IN_PROGRESS) if len == 0 => Body::InProgress {
+            Some(&STATE_IN_PROGRESS) if len == 0 => BodyRef::InProgress {
                 lease_expires_at: at,
             },
-            Some(&STATE_COMPLETED) => Body::Completed {
+            Some(&STATE_COMPLETED) => BodyRef::Completed {
                 completed_at: at,
-                data: data.to_vec(),
+                data,
             },
             _ => return Err(bad("has an unknown state")),
         };
-        Ok(Entry {
+        Ok(EntryRef {
             fingerprint: Fingerprint(fingerprint),
             token: le_u64(bytes, TOKEN_AT),
             attempt: le_u32(bytes, ATTEMPT_AT),
             expires_at: le_u64(bytes, EXPIRES_AT),
             body,
         })
+    }
+
+    /// Whether the record still exists at `now` (nanoseconds).
+    pub fn is_live(&self, now: u64) -> bool {
+        now < self.expires_at
+    }
+
+    /// The owned entry (a copy of the outcome).
+    pub fn to_entry(self) -> Entry {
+        Entry {
+            fingerprint: self.fingerprint,
+            token: self.token,
+            attempt: self.attempt,
+            expires_at: self.expires_at,
+            body: match self.body {
+                BodyRef::InProgress { lease_expires_at } => Body::InProgress { lease_expires_at },
+                BodyRef::Completed { completed_at, data } => Body::Completed {
+                    completed_at,
+                    data: data.to_vec(),
+                },
+            },
+        }
+    }
+}
+
+/// A key's current state, borrowed from the store for the length of a
+/// [`Store::get_with`](crate::Store::get_with) callback: nothing is copied or allocated.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordRef<'a> {
+    pub(crate) entry: EntryRef<'a>,
+}
+
+impl<'a> RecordRef<'a> {
+    /// The fingerprint of the request that claimed the key.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.entry.fingerprint
+    }
+
+    /// The fencing token of the claim that holds or completed the key.
+    pub fn token(&self) -> u64 {
+        self.entry.token
+    }
+
+    /// The attempt number of that claim.
+    pub fn attempt(&self) -> u32 {
+        self.entry.attempt
+    }
+
+    /// When the record leaves the store.
+    pub fn expires_at(&self) -> SystemTime {
+        from_nanos(self.entry.expires_at)
+    }
+
+    /// The stored outcome's bytes, if the operation completed.
+    pub fn outcome_data(&self) -> Option<&'a [u8]> {
+        match self.entry.body {
+            BodyRef::Completed { data, .. } => Some(data),
+            BodyRef::InProgress { .. } => None,
+        }
+    }
+
+    /// When the operation completed, if it did.
+    pub fn completed_at(&self) -> Option<SystemTime> {
+        match self.entry.body {
+            BodyRef::Completed { completed_at, .. } => Some(from_nanos(completed_at)),
+            BodyRef::InProgress { .. } => None,
+        }
+    }
+
+    /// When the claim's lease lapses, if the key is in progress.
+    pub fn lease_expires_at(&self) -> Option<SystemTime> {
+        match self.entry.body {
+            BodyRef::InProgress { lease_expires_at } => Some(from_nanos(lease_expires_at)),
+            BodyRef::Completed { .. } => None,
+        }
+    }
+
+    /// The owned record (copies the outcome): what [`Store::get`](crate::Store::get) returns.
+    pub fn to_record(self, key: &Key) -> Record {
+        Record {
+            key: key.clone(),
+            entry: self.entry.to_entry(),
+        }
     }
 }
 

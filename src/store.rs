@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::index::decode_entry;
 use crate::key::{Fingerprint, Key};
 use crate::options::Options;
-use crate::record::{Body, Entry, Outcome, Record};
+use crate::record::{Body, Entry, Outcome, Record, RecordRef};
 use crate::recovery::recover;
 use crate::stats::{RecoveryReport, Stats};
 use crate::storage::Storage;
@@ -159,6 +159,37 @@ impl Store {
             key: key.clone(),
             entry,
         }))
+    }
+
+    /// Calls `f` with the key's current state borrowed in place, or `None` if it is absent:
+    /// [`get`](Store::get) without copying the outcome or allocating, for a service that
+    /// writes a stored response straight out. The record is verified (checksum) as `get`
+    /// verifies it. `f` runs with no lock held; it may call the store.
+    ///
+    /// ```
+    /// # use idemstore::{Begin, Key, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path())?;
+    /// let key = Key::new("client-1", "req-1", "POST /charges")?;
+    /// # if let Begin::Claimed(c) = store.begin(&key, b"req")? { store.complete(&c, b"charged")?; }
+    /// let mut response = Vec::new();
+    /// let replayed = store.get_with(&key, |record| match record.and_then(|r| r.outcome_data()) {
+    ///     Some(stored) => { response.extend_from_slice(stored); true }
+    ///     None => false,
+    /// })?;
+    /// assert!(replayed);
+    /// assert_eq!(response, b"charged");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn get_with<T>(&self, key: &Key, f: impl FnOnce(Option<RecordRef<'_>>) -> T) -> Result<T> {
+        let shared = &*self.shared;
+        shared.check_open()?;
+        let now = shared.now();
+        shared.acknowledged_with(key.as_bytes(), |found| {
+            f(found
+                .filter(|e| e.is_live(now))
+                .map(|entry| RecordRef { entry }))
+        })
     }
 
     /// Removes the key whatever its state (manual invalidation). Returns whether it was

@@ -66,7 +66,23 @@ fn flip_bytes(with_log: bool) {
         rebuilt += u64::from(was_rebuilt);
         let mut missed = false;
         for n in 0..KEYS {
-            match store.get(&key(n)) {
+            // The borrowed lookup decodes and verifies in place: it agrees with `get`.
+            let borrowed = store.get_with(&key(n), |r| {
+                r.and_then(|r| r.outcome_data()).map(<[u8]>::to_vec)
+            });
+            let owned = store.get(&key(n));
+            match (&borrowed, &owned) {
+                (Ok(b), Ok(o)) => assert_eq!(
+                    b.as_deref(),
+                    o.as_ref()
+                        .map(|r| r.outcome().expect("completed").data().to_vec())
+                        .as_deref(),
+                    "offset {at}: get_with and get disagree on key {n}"
+                ),
+                (Err(_), Err(_)) => {}
+                _ => panic!("offset {at}: key {n}: get_with {borrowed:?}, get {owned:?}"),
+            }
+            match owned {
                 Ok(Some(record)) => {
                     let outcome = record.outcome().expect("completed");
                     assert_eq!(

@@ -261,3 +261,82 @@ fn in_progress_lists_claims_not_completed() {
     assert_eq!(open[0].key(), &key(2));
     assert_eq!(store.stats().unwrap().in_progress, 1);
 }
+
+#[test]
+fn get_with_borrows_what_get_returns() {
+    let clock = clock();
+    let disk = SimDisk::new("t");
+    let store = sim_store(&disk, &clock);
+    let view = |n: u64| {
+        store
+            .get_with(&key(n), |r| {
+                r.map(|r| {
+                    (
+                        r.fingerprint(),
+                        r.token(),
+                        r.attempt(),
+                        r.expires_at(),
+                        r.outcome_data().map(<[u8]>::to_vec),
+                        r.completed_at(),
+                        r.lease_expires_at(),
+                        r.to_record(&key(n)),
+                    )
+                })
+            })
+            .unwrap()
+    };
+    let check = |n: u64| {
+        let owned = store.get(&key(n)).unwrap();
+        match (view(n), owned) {
+            (None, None) => {}
+            (Some((fp, token, attempt, expires, data, completed, lease, record)), Some(o)) => {
+                assert_eq!(record, o);
+                assert_eq!(fp, o.fingerprint());
+                assert_eq!(expires, o.expires_at());
+                match o.state() {
+                    RecordState::Completed(out) => {
+                        assert_eq!(data.as_deref(), Some(out.data()));
+                        assert_eq!(completed, Some(out.completed_at()));
+                        assert_eq!((token, attempt, lease), (out.token(), out.attempt(), None));
+                    }
+                    RecordState::InProgress {
+                        token: t,
+                        attempt: a,
+                        lease_expires_at,
+                    } => {
+                        assert_eq!((data, completed), (None, None));
+                        assert_eq!((token, attempt, lease), (t, a, Some(lease_expires_at)));
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            (v, o) => panic!("key {n}: get_with {v:?}, get {o:?}"),
+        }
+    };
+    let done = claim(&store, &key(1), b"req");
+    store.complete(&done, b"outcome").unwrap();
+    let _running = claim(&store, &key(2), b"req");
+    // Acknowledged but maybe not yet in the index, then all in the index.
+    for n in 0..3 {
+        check(n);
+    }
+    store.checkpoint().unwrap();
+    for n in 0..3 {
+        check(n);
+    }
+    assert!(view(1).is_some() && view(0).is_none());
+    // Past retention both say absent.
+    clock.advance(Duration::from_secs(1000));
+    assert!(view(1).is_none());
+    check(1);
+    // A panic in the closure is the caller's: it is not turned into an error.
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = store.get_with(&key(2), |_| panic!("the caller's bug"));
+    }));
+    assert!(panicked.is_err());
+    // The closure may call the store.
+    let nested = store
+        .get_with(&key(2), |_| store.get(&key(2)).map(|r| r.is_some()))
+        .unwrap();
+    assert!(matches!(nested, Ok(false)), "expired by now: {nested:?}");
+}
