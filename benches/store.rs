@@ -117,6 +117,14 @@ fn lookups(c: &mut Criterion) {
             found
         })
     });
+    g.bench_function("hit_borrowed", |b| {
+        b.iter(|| {
+            let key = hits.next().expect("cycle");
+            let len = store.get_with(key, |r| r.and_then(|r| r.outcome_data()).map(<[u8]>::len));
+            debug_assert!(matches!(len, Ok(Some(_))));
+            len
+        })
+    });
     g.bench_function("miss", |b| {
         b.iter(|| {
             let found = store.get(misses.next().expect("cycle")).expect("get");
