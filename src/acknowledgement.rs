@@ -142,32 +142,31 @@ impl Shared {
     /// thread instead (which then blocks). In the modes that do not sync before acknowledging,
     /// leads it on the calling thread whenever no other leader is running.
     pub fn request_commit(self: &Arc<Self>, lsn: u64) {
-        if !self.storage.helper_threads() {
-            // The commit wakes the waker just registered: the poll that follows answers.
-            let _ = self.wait_acknowledged(self.core.lock(), lsn);
-            return;
-        }
         // Without a sync on the commit path, leading costs this thread a write(2) only: do it
         // here when no leader runs, rather than pay two thread wake-ups for the committer.
-        // An error is read by the poll that follows; `Ok(false)`: a leader runs, ask the
-        // committer to follow it up.
+        // An error is read by the poll that follows; `Ok(false)`: a leader runs.
         if self.options.durability != Durability::Immediate
             && !matches!(self.lead_unless_led(self.core.lock(), lsn), Ok(false))
         {
             return;
         }
+        if self.storage.helper_threads() && self.signal_committer(lsn) {
+            return;
+        }
+        // No committer: lead, or follow the running leader, on this thread. The commit wakes
+        // the waker just registered, and the poll that follows answers.
+        let _ = self.wait_acknowledged(self.core.lock(), lsn);
+    }
+
+    /// Asks the committer, started on first use, to see `lsn` acknowledged; false if no
+    /// thread could be started.
+    fn signal_committer(self: &Arc<Self>, lsn: u64) -> bool {
         let mut committer = self.committer.lock();
         if committer.is_none() {
             let weak = Arc::downgrade(self);
             match Helper::spawn("idemstore-committer", move |signal| run(&weak, signal)) {
                 Ok(started) => *committer = Some(started),
-                Err(_) => {
-                    drop(committer);
-                    // The commit wakes the waker just registered; its error reaches the
-                    // waiter through the poll that follows.
-                    let _ = self.wait_acknowledged(self.core.lock(), lsn);
-                    return;
-                }
+                Err(_) => return false,
             }
         }
         if let Some(c) = committer.as_ref() {
@@ -177,6 +176,7 @@ impl Shared {
                 raise
             });
         }
+        true
     }
 
     /// Stops the committer and waits for it. Futures hold a `Store`, so none is waiting.

@@ -150,6 +150,27 @@ pub(crate) struct Core {
     wakers: Vec<(u64, Waker)>,
 }
 
+impl Core {
+    /// `Error::PreviousIo` once a failed write, sync or index commit has poisoned the handle.
+    fn healthy(&self) -> Result<()> {
+        match &self.failure {
+            Some(cause) => Err(Error::PreviousIo {
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether `lsn` is acknowledged (`Ok(false)`: not yet); the failure if the handle is
+    /// poisoned before it was.
+    fn answered(&self, lsn: u64) -> Result<bool> {
+        if self.acknowledged_lsn >= lsn {
+            return Ok(true);
+        }
+        self.healthy().map(|()| false)
+    }
+}
+
 struct InFlight {
     lsn: u64,
     entry: Option<Entry>,
@@ -361,11 +382,7 @@ impl Shared {
         takes_token: bool,
     ) -> Result<u64> {
         self.check_writable()?;
-        if let Some(cause) = &core.failure {
-            return Err(Error::PreviousIo {
-                cause: cause.clone(),
-            });
-        }
+        core.healthy()?;
         if takes_token {
             // A claim is the only change that makes an absent key present. Into the filter
             // before the change can be seen (see `filter.rs`), and after a build starts: this
@@ -415,13 +432,8 @@ impl Shared {
         wait: bool,
     ) -> Result<bool> {
         loop {
-            if core.acknowledged_lsn >= lsn {
+            if core.answered(lsn)? {
                 return Ok(true);
-            }
-            if let Some(cause) = &core.failure {
-                return Err(Error::PreviousIo {
-                    cause: cause.clone(),
-                });
             }
             if core.leader {
                 if !wait {
@@ -508,13 +520,8 @@ impl Shared {
     /// Registers `waker` to be woken once `lsn` is acknowledged or the handle fails. `Ok(true)`
     /// when it already is (nothing is registered).
     pub fn register_waker(&self, core: &mut Core, lsn: u64, waker: &Waker) -> Result<bool> {
-        if core.acknowledged_lsn >= lsn {
+        if core.answered(lsn)? {
             return Ok(true);
-        }
-        if let Some(cause) = &core.failure {
-            return Err(Error::PreviousIo {
-                cause: cause.clone(),
-            });
         }
         if let Some(slot) = core
             .wakers
@@ -644,12 +651,7 @@ impl Shared {
     }
 
     pub fn poisoned(&self) -> Result<()> {
-        match &self.core.lock().failure {
-            Some(cause) => Err(Error::PreviousIo {
-                cause: cause.clone(),
-            }),
-            None => Ok(()),
-        }
+        self.core.lock().healthy()
     }
 
     pub fn sync_log(&self) -> Result<()> {

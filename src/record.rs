@@ -138,7 +138,7 @@ impl Record {
                 lease_expires_at: from_nanos(*lease_expires_at),
             },
             Body::Completed { completed_at, data } => {
-                RecordState::Completed(self.entry.outcome_of(*completed_at, data))
+                RecordState::Completed(self.entry.outcome_of(*completed_at, data.clone()))
             }
         }
     }
@@ -151,23 +151,7 @@ impl Record {
 
     /// The outcome, if the operation completed, moved out of the record without a copy.
     pub fn into_outcome(self) -> Option<Outcome> {
-        let Entry {
-            token,
-            attempt,
-            expires_at,
-            body,
-            ..
-        } = self.entry;
-        match body {
-            Body::Completed { completed_at, data } => Some(Outcome {
-                data,
-                completed_at,
-                expires_at,
-                token,
-                attempt,
-            }),
-            Body::InProgress { .. } => None,
-        }
+        self.entry.into_outcome()
     }
 
     /// When the record leaves the store (for an in-progress record: its lease expiry plus the
@@ -197,14 +181,25 @@ pub(crate) enum Body {
 impl Entry {
     pub fn outcome(&self) -> Option<Outcome> {
         match &self.body {
-            Body::Completed { completed_at, data } => Some(self.outcome_of(*completed_at, data)),
+            Body::Completed { completed_at, data } => {
+                Some(self.outcome_of(*completed_at, data.clone()))
+            }
             Body::InProgress { .. } => None,
         }
     }
 
-    fn outcome_of(&self, completed_at: u64, data: &[u8]) -> Outcome {
+    /// The outcome, moved out of the entry.
+    pub fn into_outcome(mut self) -> Option<Outcome> {
+        let Body::Completed { completed_at, data } = &mut self.body else {
+            return None;
+        };
+        let (completed_at, data) = (*completed_at, std::mem::take(data));
+        Some(self.outcome_of(completed_at, data))
+    }
+
+    fn outcome_of(&self, completed_at: u64, data: Vec<u8>) -> Outcome {
         Outcome {
-            data: data.to_vec(),
+            data,
             completed_at,
             expires_at: self.expires_at,
             token: self.token,
