@@ -569,7 +569,9 @@ fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
 }
 
 /// Names the errors that mean an index file is not what this store wrote (not a redb file,
-/// or tables missing or of another type) as `Error::Corruption`.
+/// a redb file format older than the one redb 4 writes, or tables missing or of another type)
+/// as `Error::Corruption`. idemstore has only ever written redb's format 3, so a header that
+/// names format 1 or 2 is a damaged byte, not a file to upgrade.
 fn damaged_on_open(e: Error) -> Error {
     let what = match &e {
         Error::Io(io) if io.kind() == io::ErrorKind::InvalidData => io.to_string(),
@@ -578,7 +580,8 @@ fn damaged_on_open(e: Error) -> Error {
             | redb::Error::TableTypeMismatch { .. }
             | redb::Error::TypeDefinitionChanged { .. }
             | redb::Error::TableIsMultimap(_)
-            | redb::Error::TableIsNotMultimap(_) => redb.to_string(),
+            | redb::Error::TableIsNotMultimap(_)
+            | redb::Error::UpgradeRequired(_) => redb.to_string(),
             _ => return e,
         },
         _ => return e,

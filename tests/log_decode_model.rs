@@ -89,3 +89,12 @@ fn records_without_a_checkpoint_are_refused_not_given_old_tokens() {
     let tally = model::log_decode(found);
     assert_eq!((tally.runs, tally.refused), (1, 1), "{tally:?}");
 }
+
+/// Found by the `log_decode` fuzzer (in CI's 60 s): a damaged `index.redb` header whose commit
+/// slot names redb's file format 2. `verify` returned redb's "upgrade required" as
+/// `Error::Index`; no idemstore ever wrote that format, so it is now `Error::Corruption`.
+#[test]
+fn an_index_naming_an_old_redb_format_is_corruption() {
+    let found = include_bytes!("../fuzz/corpus/log_decode/seed-old-redb-format");
+    assert_eq!(model::log_decode(found).runs, 1);
+}
