@@ -360,10 +360,19 @@ impl Shared {
             }
         }
         // Taken after `recent` was read: a key leaves `recent` only once a snapshot holds it.
-        match self.index.snapshot() {
-            Ok(snapshot) => {
+        // After an open, the record cache is warmed from the same snapshot.
+        let taken = match replayed_claims {
+            Some(_) => self
+                .index
+                .snapshot_to_warm()
+                .map(|(snapshot, warmer)| (snapshot, Some(warmer))),
+            None => self.index.snapshot().map(|snapshot| (snapshot, None)),
+        };
+        match taken {
+            Ok((snapshot, warmer)) => {
                 let in_thread = self.storage.helper_threads();
-                self.filters.start_build(building, snapshot, in_thread);
+                self.filters
+                    .start_build(building, snapshot, warmer, in_thread);
             }
             // Closed: no one will look anything up.
             Err(_) => self.filters.cancel_build(),

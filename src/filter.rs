@@ -27,7 +27,7 @@ use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 
 use crate::hash::hash;
-use crate::index::{self, Snapshot};
+use crate::index::{self, Snapshot, Warmer};
 
 /// 64-bit words per block: one 512-bit cache line.
 const WORDS: usize = 8;
@@ -222,20 +222,24 @@ impl Filters {
     /// its own, or, without `in_thread`, before returning (see [`Storage::helper_threads`]).
     ///
     /// [`Storage::helper_threads`]: crate::storage::Storage::helper_threads
+    ///
+    /// With `warmer` (after an open), the same thread then warms the record cache from the
+    /// same snapshot.
     pub fn start_build(
         self: &Arc<Filters>,
         filter: Arc<KeyFilter>,
         snapshot: Snapshot,
+        warmer: Option<Warmer>,
         in_thread: bool,
     ) {
         if !in_thread {
-            self.build(filter, snapshot);
+            self.build(filter, snapshot, warmer);
             return;
         }
         let filters = self.clone();
         let spawned = thread::Builder::new()
             .name("idemstore-filter".into())
-            .spawn(move || filters.build(filter, snapshot));
+            .spawn(move || filters.build(filter, snapshot, warmer));
         match spawned {
             Ok(thread) => {
                 if let Some(done) = self.thread.lock().replace(thread) {
@@ -246,19 +250,26 @@ impl Filters {
         }
     }
 
-    fn build(&self, filter: Arc<KeyFilter>, snapshot: Snapshot) {
+    fn build(&self, filter: Arc<KeyFilter>, snapshot: Snapshot, warmer: Option<Warmer>) {
         let scanned = index::scan_keys(&snapshot, |key| {
             filter.insert(hash(key));
             !self.stop.load(Ordering::Relaxed)
         });
-        drop(snapshot);
-        let mut building = self.building.lock();
-        // On an index error or a stop, the ready filter (if any) stays: still correct.
-        if matches!(scanned, Ok(true)) {
-            self.ready.store(Some(filter));
-            self.builds.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut building = self.building.lock();
+            // On an index error or a stop, the ready filter (if any) stays: still correct.
+            if matches!(scanned, Ok(true)) {
+                self.ready.store(Some(filter));
+                self.builds.fetch_add(1, Ordering::Relaxed);
+            }
+            *building = None;
         }
-        *building = None;
+        if let Some(mut warmer) = warmer {
+            // Best effort: an error here is the next lookup's to report.
+            let _ = index::scan_rows(&snapshot, |key, entry| {
+                warmer.offer(key, entry) && !self.stop.load(Ordering::Relaxed)
+            });
+        }
     }
 
     /// Forgets a build begun with [`Filters::begin_build`] that will not be spawned.

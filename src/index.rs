@@ -20,7 +20,7 @@ use std::io;
 use std::ops::Bound;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arc_swap::ArcSwapOption;
 use parking_lot::RwLock;
@@ -29,6 +29,7 @@ use redb::{
     StorageBackend, TableDefinition,
 };
 
+use crate::cache::RecordCache;
 use crate::error::{Error, Result};
 use crate::key::describe;
 use crate::record::{Entry, EntryRef, le_u64};
@@ -70,11 +71,42 @@ pub(crate) struct Change {
     pub entry: Option<Arc<[u8]>>,
 }
 
+/// Fills the record cache from a snapshot's rows, where it has room, after an open: lookups
+/// of a store that fits in the cache are hits from the start, not after a first read of
+/// each record. Fills never evict, and never overwrite a newer write.
+pub(crate) struct Warmer {
+    cache: Arc<RecordCache>,
+    /// The snapshot's generation.
+    generation: u64,
+    refused: u32,
+}
+
+impl Warmer {
+    /// Offers one row; false once the cache has refused enough rows for want of room that
+    /// scanning on would fill little.
+    pub fn offer(&mut self, key: &[u8], entry: &[u8]) -> bool {
+        if !self.cache.warm(key, entry, self.generation) {
+            self.refused += 1;
+        }
+        self.refused < WARM_REFUSALS
+    }
+}
+
+/// Rows a warming scan may find no room for before it stops.
+const WARM_REFUSALS: u32 = 4096;
+
 /// What a checkpoint records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Checkpoint {
     pub lsn: u64,
     pub next_token: u64,
+}
+
+/// Memory for the index: redb's page cache and the record cache in front of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CacheSizes {
+    pub pages: usize,
+    pub records: usize,
 }
 
 /// A read-only view of the `records` table as of one commit.
@@ -85,6 +117,10 @@ pub(crate) struct Index {
     /// Lock-free for readers: `get` on several threads shares no lock word here. `None`
     /// only while, and after, the store is closed and compacted.
     snapshot: ArcSwapOption<ReadOnlyTable<&'static [u8], &'static [u8]>>,
+    /// Counts published snapshots; advanced after each is published (see `cache.rs`).
+    generation: AtomicU64,
+    /// Recently read and written records, in front of the snapshot.
+    cache: Arc<RecordCache>,
     /// Written only by [`Index::compact`], which needs the database to itself.
     db: RwLock<Guarded<Database>>,
     /// Whether redb walked the whole file on open to rebuild its allocator state.
@@ -102,12 +138,12 @@ impl Index {
     /// damaged file is `Error::Corruption`, also where redb itself would panic on it, or on
     /// closing it — and so is an existing index missing a table: recreating it empty would
     /// silently drop its records, or (for `meta`) the next fencing token.
-    pub fn open(file: Arc<dyn StorageFile>, cache_size: usize, create: bool) -> Result<Index> {
+    pub fn open(file: Arc<dyn StorageFile>, caches: CacheSizes, create: bool) -> Result<Index> {
         let mut db = Guarded(None);
         let repaired = Arc::new(AtomicBool::new(false));
         let snapshot = guarded(|| {
             let mut builder = Database::builder();
-            builder.set_cache_size(cache_size);
+            builder.set_cache_size(caches.pages);
             let flag = repaired.clone();
             builder.set_repair_callback(move |_| flag.store(true, Ordering::Relaxed));
             let db = db.0.insert(builder.create_with_backend(Backend(file))?);
@@ -132,6 +168,8 @@ impl Index {
         .map_err(damaged_on_open)?;
         Ok(Index {
             snapshot: ArcSwapOption::from_pointee(snapshot),
+            generation: AtomicU64::new(0),
+            cache: Arc::new(RecordCache::new(caches.records)),
             db: RwLock::new(db),
             repaired: repaired.load(Ordering::Relaxed),
         })
@@ -160,14 +198,23 @@ impl Index {
         })
     }
 
-    /// Calls `f` with the encoded entry of `key`, without copying it.
+    /// Calls `f` with the encoded entry of `key`: from the record cache, else from the
+    /// latest snapshot without copying it (and then into the cache).
     pub fn with_entry<T>(&self, key: &[u8], f: impl FnOnce(Option<&[u8]>) -> T) -> Result<T> {
+        if let Some(cached) = self.cache.get(key) {
+            return Ok(f(Some(cached.entry())));
+        }
+        // Taken before the snapshot: what the snapshot holds is at least this new.
+        let generation = self.generation.load(Ordering::Acquire);
         let table = self.snapshot.load();
         let table = table.as_ref().ok_or(Error::Closed)?;
         // Only redb's part runs under `guarded`: a panic in `f` (a caller's closure, for
         // `Store::get_with`) is the caller's, not a damaged page.
         let guard = guarded(|| Ok(table.get(key)?))?;
         let value = guarded(|| Ok(guard.as_ref().map(|v| v.value())))?;
+        if let Some(value) = value {
+            self.cache.fill(key, value, generation);
+        }
         Ok(f(value))
     }
 
@@ -178,6 +225,12 @@ impl Index {
     /// commit that a crash undoes.
     pub fn apply(&self, changes: &[Change], checkpoint: Option<Checkpoint>) -> Result<()> {
         guarded(|| {
+            let mut last: HashMap<&[u8], &Change> = HashMap::with_capacity(changes.len());
+            for change in changes {
+                last.insert(&*change.key, change);
+            }
+            let mut ordered: Vec<&Change> = last.into_values().collect();
+            ordered.sort_unstable_by(|a, b| a.key.cmp(&b.key));
             let db = self.db.read();
             let txn = match checkpoint {
                 Some(_) => durable_write(&db)?,
@@ -187,13 +240,7 @@ impl Index {
                 let mut records = txn.open_table(RECORDS)?;
                 let mut expiry = txn.open_table(EXPIRY)?;
                 let mut in_progress = txn.open_table(IN_PROGRESS)?;
-                let mut last: HashMap<&[u8], &Change> = HashMap::with_capacity(changes.len());
-                for change in changes {
-                    last.insert(&*change.key, change);
-                }
-                let mut ordered: Vec<&Change> = last.into_values().collect();
-                ordered.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-                for change in ordered {
+                for change in &ordered {
                     let key = &*change.key;
                     let old = match &change.entry {
                         Some(entry) => records.insert(key, &**entry)?,
@@ -227,16 +274,22 @@ impl Index {
                 }
             }
             txn.commit()?;
-            self.refresh()
+            drop(db);
+            let generation = self.refresh()?;
+            for change in ordered {
+                self.cache
+                    .write(&change.key, change.entry.as_deref(), generation);
+            }
+            Ok(())
         })
     }
 
-    /// Makes readers see the latest commit.
-    fn refresh(&self) -> Result<()> {
+    /// Makes readers see the latest commit. Returns its snapshot's generation.
+    fn refresh(&self) -> Result<u64> {
         self.snapshot.store(Some(Arc::new(
             self.db.read().begin_read()?.open_table(RECORDS)?,
         )));
-        Ok(())
+        Ok(self.generation.fetch_add(1, Ordering::AcqRel) + 1)
     }
 
     /// Removes up to `limit` records whose `expires_at` is at or before `now`. Returns the
@@ -244,7 +297,7 @@ impl Index {
     pub fn purge(&self, now: u64, limit: usize) -> Result<(u64, bool)> {
         guarded(|| {
             let txn = non_durable_write(&self.db.read())?;
-            let mut removed = 0u64;
+            let mut gone: Vec<Vec<u8>> = Vec::new();
             let mut more = false;
             {
                 let mut records = txn.open_table(RECORDS)?;
@@ -287,12 +340,15 @@ impl Index {
                     if is_in_progress(Some(&old)) {
                         in_progress.remove(key.as_slice())?;
                     }
-                    removed += 1;
+                    gone.push(key);
                 }
             }
             txn.commit()?;
-            self.refresh()?;
-            Ok((removed, more))
+            let generation = self.refresh()?;
+            for key in &gone {
+                self.cache.forget(key, generation);
+            }
+            Ok((gone.len() as u64, more))
         })
     }
 
@@ -340,6 +396,24 @@ impl Index {
                 .store(Some(Arc::new(db.begin_read()?.open_table(RECORDS)?)));
             Ok(compacted)
         })
+    }
+
+    /// The record cache's records and bytes.
+    pub fn cache_usage(&self) -> (usize, usize) {
+        self.cache.usage()
+    }
+
+    /// The latest published snapshot, and what warms the record cache with its records
+    /// (see [`Warmer`]).
+    pub fn snapshot_to_warm(&self) -> Result<(Snapshot, Warmer)> {
+        // Taken before the snapshot, as in `with_entry`.
+        let generation = self.generation.load(Ordering::Acquire);
+        let warmer = Warmer {
+            cache: self.cache.clone(),
+            generation,
+            refused: 0,
+        };
+        Ok((self.snapshot()?, warmer))
     }
 
     /// The latest published snapshot of the records.
@@ -447,10 +521,19 @@ fn non_durable_write(db: &Database) -> Result<redb::WriteTransaction> {
 /// Calls `f` with every key of `snapshot` in order while it returns true. Returns whether it
 /// saw them all.
 pub(crate) fn scan_keys(snapshot: &Snapshot, mut f: impl FnMut(&[u8]) -> bool) -> Result<bool> {
+    scan_rows(snapshot, |key, _| f(key))
+}
+
+/// Calls `f` with every key of `snapshot` and its encoded entry, in key order, while it
+/// returns true. Returns whether it saw them all.
+pub(crate) fn scan_rows(
+    snapshot: &Snapshot,
+    mut f: impl FnMut(&[u8], &[u8]) -> bool,
+) -> Result<bool> {
     guarded(|| {
         for row in snapshot.iter()? {
-            let (key, _) = row?;
-            if !f(key.value()) {
+            let (key, value) = row?;
+            if !f(key.value(), value.value()) {
                 return Ok(false);
             }
         }

@@ -58,6 +58,7 @@
 #![warn(clippy::unwrap_used, clippy::indexing_slicing)]
 
 mod acknowledgement;
+mod cache;
 mod claim;
 mod clock;
 mod commit;

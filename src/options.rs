@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
-use crate::index::INDEX_FILE;
+use crate::index::{CacheSizes, INDEX_FILE};
 use crate::log::frame::MAX_OUTCOME_LIMIT;
 use crate::storage::{FsStorage, Overlay, Storage};
 use crate::store::Store;
@@ -55,6 +55,7 @@ pub struct Options {
     pub(crate) purge_interval: Option<Duration>,
     pub(crate) segment_size: u64,
     pub(crate) cache_size: usize,
+    pub(crate) record_cache_size: usize,
     pub(crate) read_only: bool,
     pub(crate) lapse_claims_on_open: bool,
 }
@@ -71,7 +72,8 @@ impl Default for Options {
             checkpoint_interval: Some(Duration::from_secs(60)),
             purge_interval: Some(Duration::from_secs(60)),
             segment_size: 64 << 20,
-            cache_size: 1 << 30,
+            cache_size: 512 << 20,
+            record_cache_size: 512 << 20,
             read_only: false,
             lapse_claims_on_open: false,
         }
@@ -90,6 +92,7 @@ impl fmt::Debug for Options {
             .field("purge_interval", &self.purge_interval)
             .field("segment_size", &self.segment_size)
             .field("cache_size", &self.cache_size)
+            .field("record_cache_size", &self.record_cache_size)
             .field("read_only", &self.read_only)
             .finish_non_exhaustive()
     }
@@ -185,13 +188,33 @@ impl Options {
     }
 
     /// Memory for redb's page cache, in bytes: an upper bound, filled as index pages are
-    /// read. Default 1 GiB (redb's own default). Lookups that miss it cost a `pread` and an
-    /// eviction under a lock that readers share: with an index larger than the cache, two
-    /// threads reading measured 1.2–1.35× one thread's rate at 256 MiB and 1.7–2.2× at 1 GiB
-    /// (`docs/benchmarks.md`). Lower it where memory is scarcer than lookups are hot.
+    /// read. Default 512 MiB: with the record cache's 512 MiB
+    /// ([`record_cache_size`](Options::record_cache_size)), the 1 GiB redb takes by default.
+    /// The page cache serves lookups that miss the record cache, index commits, TTL
+    /// compaction and the scans at open; reads that miss it cost a `pread` and an eviction
+    /// under a lock that readers share (`docs/benchmarks.md`).
     pub fn cache_size(mut self, bytes: usize) -> Options {
         self.cache_size = bytes;
         self
+    }
+
+    /// Memory for the record cache, in bytes: records kept in memory in front of the index,
+    /// so that a lookup of one walks no B-tree. Default 512 MiB, about 1.3 million records of
+    /// 48-byte keys and 200-byte outcomes; 0 turns it off. It is warmed from the index after
+    /// an open (in the background, where it has room), then holds the records most recently
+    /// written or read. It holds only what the index holds, and never changes an answer,
+    /// only how fast it comes (`docs/design.md`, Record cache).
+    pub fn record_cache_size(mut self, bytes: usize) -> Options {
+        self.record_cache_size = bytes;
+        self
+    }
+
+    /// The index's memory budgets.
+    pub(crate) fn caches(&self) -> CacheSizes {
+        CacheSizes {
+            pages: self.cache_size,
+            records: self.record_cache_size,
+        }
     }
 
     /// Whether to open the store read-only: without changing a byte on disk, to look at it —

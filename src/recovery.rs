@@ -40,7 +40,7 @@ use std::time::Instant;
 use crate::commit::{Recent, publish};
 use crate::error::{Error, Result};
 use crate::hash;
-use crate::index::{Change, Checkpoint, INDEX_FILE, Index, is_in_progress};
+use crate::index::{CacheSizes, Change, Checkpoint, INDEX_FILE, Index, is_in_progress};
 use crate::log::reader::{self, LogRead, Tail};
 use crate::log::segment;
 use crate::log::writer::Writer;
@@ -70,7 +70,7 @@ pub(crate) struct Recovered {
 
 pub(crate) fn recover(
     storage: &Arc<dyn Storage>,
-    cache_size: usize,
+    caches: CacheSizes,
     segment_size: u64,
 ) -> Result<Recovered> {
     let started = Instant::now();
@@ -92,7 +92,7 @@ pub(crate) fn recover(
     // dirty) while the log is read. The checkpoint is not known until the index is open, so
     // the log is read from its first segment on, and what the checkpoint covers is dropped
     // afterwards (see `Replay::after`).
-    let open = move || open_index(storage, index_file, cache_size, created);
+    let open = move || open_index(storage, index_file, caches, created);
     let (opened, from_start) = if storage.helper_threads() {
         thread::scope(|scope| {
             let opening = scope.spawn(open);
@@ -231,11 +231,11 @@ pub(crate) fn recover(
 fn open_index(
     storage: &Arc<dyn Storage>,
     file: Arc<dyn StorageFile>,
-    cache_size: usize,
+    caches: CacheSizes,
     created: bool,
 ) -> Result<(Index, Checkpoint, bool)> {
     let opened =
-        Index::open(file, cache_size, created).and_then(|index| Ok((index.checkpoint()?, index)));
+        Index::open(file, caches, created).and_then(|index| Ok((index.checkpoint()?, index)));
     match opened {
         Ok((checkpoint, index)) => Ok((index, checkpoint, false)),
         Err(Error::Corruption { .. })
@@ -247,7 +247,7 @@ fn open_index(
             storage.sync_dir()?;
             let file = storage.open(INDEX_FILE, true)?;
             storage.sync_dir()?;
-            let index = Index::open(file, cache_size, true)?;
+            let index = Index::open(file, caches, true)?;
             let checkpoint = index.checkpoint()?;
             Ok((index, checkpoint, true))
         }

@@ -42,6 +42,12 @@ pub struct Stats {
     pub key_filter_bytes: u64,
     /// Key filter builds finished since open.
     pub key_filter_builds: u64,
+    /// Records in the record cache (see
+    /// [`Options::record_cache_size`](crate::Options::record_cache_size)).
+    pub record_cache_records: u64,
+    /// Bytes the record cache charges for them: their keys and entries and a fixed
+    /// allowance each for its maps.
+    pub record_cache_bytes: u64,
 }
 
 /// What the last open found and did, from

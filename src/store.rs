@@ -59,7 +59,7 @@ impl Store {
         let lock = storage.try_lock()?.ok_or_else(|| Error::Locked {
             path: storage.describe(),
         })?;
-        let mut recovered = recover(&storage, options.cache_size, options.segment_size)?;
+        let mut recovered = recover(&storage, options.caches(), options.segment_size)?;
         recovered.report.read_only = options.read_only;
         let claimed = std::mem::take(&mut recovered.claimed);
         let shared = Arc::new(Shared::new(Parts {
@@ -315,6 +315,7 @@ impl Store {
         let (segments, current_segment_bytes) = io.writer.footprint();
         let c = &shared.counters;
         let filter = shared.filters.stats();
+        let cached = shared.index.cache_usage();
         Ok(Stats {
             records,
             in_progress,
@@ -333,6 +334,8 @@ impl Store {
             key_filter_capacity: filter.capacity,
             key_filter_bytes: filter.bytes,
             key_filter_builds: filter.builds,
+            record_cache_records: cached.0 as u64,
+            record_cache_bytes: cached.1 as u64,
         })
     }
 

@@ -33,6 +33,9 @@ pub fn options(clock: &idemstore::ManualClock) -> idemstore::Options {
         .purge_interval(None)
         .checkpoint_interval(None)
         .cache_size(4 << 20)
+        // About one record per shard of the record cache: lookups hit it, miss it, and
+        // evict from it, and records too large for it bypass it.
+        .record_cache_size(32 << 10)
 }
 
 /// Polls `future` to its end on this thread, parking between polls: a minimal executor for
