@@ -2,9 +2,11 @@
 //! memory in front of the index, so that a lookup that hits it walks no B-tree and reads no
 //! page.
 //!
-//! It holds copies of index values, never anything the index does not hold: writes reach it
-//! only when they are applied to the index ([`Index::apply`](crate::index::Index::apply)),
-//! after the acknowledged layer (`recent`) that readers consult first has served them.
+//! It holds copies of index values, never anything the index does not hold: records enter it
+//! when they are read from the index (and when an open warms it), and a write to a cached key
+//! replaces or removes it when the write is applied to the index
+//! ([`Index::apply`](crate::index::Index::apply)), after the acknowledged layer (`recent`)
+//! that readers consult first has served it.
 //!
 //! # Staleness
 //!
@@ -216,16 +218,20 @@ impl RecordCache {
 
     /// Records the write of `key` (its new entry, or `None`: deleted) that the snapshot of
     /// `generation` holds. Called for every key a published snapshot changed, after it is
-    /// published.
+    /// published. A cached key takes its new entry; a key not cached stays out (it enters
+    /// when it is read): on a write-heavy load, inserting every new key would cost an
+    /// eviction per write for records that may never be read.
     pub fn write(&self, key: &[u8], entry: Option<&[u8]>, generation: u64) {
         if self.shard_budget == 0 {
             return;
         }
         let hash = hash::hash(key);
-        let record = entry.map(|entry| Cached::new(key, entry));
         let mut shard = self.shard(hash).lock();
         shard.mark = shard.mark.max(generation);
-        match record {
+        if !shard.map.contains_key(&hash) {
+            return;
+        }
+        match entry.map(|entry| Cached::new(key, entry)) {
             Some(record) if record.charge() <= self.shard_budget => {
                 shard.insert(hash, record, self.shard_budget);
             }
@@ -315,6 +321,8 @@ mod tests {
         // A reader of generation 4 races a write that generation 5 holds.
         cache.write(&k, Some(&entry(5)), 5);
         cache.fill(&k, &entry(4), 4);
+        assert_eq!(cached(&cache, &k), None);
+        cache.fill(&k, &entry(5), 5);
         assert_eq!(cached(&cache, &k), Some(entry(5)));
         // A delete, then a stale fill of what it deleted.
         cache.write(&k, None, 6);
@@ -323,6 +331,14 @@ mod tests {
         // A fill from the snapshot that holds the delete's successor goes in.
         cache.fill(&k, &entry(7), 7);
         assert_eq!(cached(&cache, &k), Some(entry(7)));
+    }
+
+    #[test]
+    fn a_write_leaves_an_uncached_key_out() {
+        let cache = RecordCache::new(1 << 20);
+        cache.write(&key(8), Some(&entry(8)), 1);
+        assert_eq!(cached(&cache, &key(8)), None);
+        assert_eq!(cache.usage(), (0, 0));
     }
 
     #[test]
@@ -342,9 +358,9 @@ mod tests {
         let budget = SHARDS * 4096;
         let cache = RecordCache::new(budget);
         let hot = key(0);
-        cache.write(&hot, Some(&entry(0)), 1);
+        cache.fill(&hot, &entry(0), 1);
         for n in 1..20_000 {
-            cache.write(&key(n), Some(&entry(n)), 1);
+            cache.fill(&key(n), &entry(n), 1);
             // The hot key is read between writes: its referenced bit saves it each sweep.
             assert!(
                 cache.get(&hot).is_some(),
@@ -362,7 +378,7 @@ mod tests {
         let cache = RecordCache::new(1 << 20);
         let k = key(3);
         for generation in 0..10_000 {
-            cache.write(&k, Some(&entry(3)), generation);
+            cache.fill(&k, &entry(3), generation);
             cache.write(&k, None, generation);
         }
         let queued: usize = cache.shards.iter().map(|s| s.lock().queue.len()).sum();
@@ -375,7 +391,7 @@ mod tests {
     #[test]
     fn a_key_sharing_another_keys_hash_is_a_miss() {
         let cache = RecordCache::new(1 << 20);
-        cache.write(&key(6), Some(&entry(6)), 1);
+        cache.fill(&key(6), &entry(6), 1);
         let hash = hash::hash(&key(6));
         assert!(cache.get_hashed(hash, &key(6)).is_some());
         assert!(cache.get_hashed(hash, &key(7)).is_none());
@@ -384,13 +400,16 @@ mod tests {
     #[test]
     fn warming_fills_only_room_and_never_over_a_newer_write() {
         let cache = RecordCache::new(SHARDS * 4096);
-        cache.write(&key(0), Some(&entry(9)), 5);
+        cache.fill(&key(0), &entry(9), 5);
+        // A write newer than the warming snapshot: its shard takes no warm fill.
+        cache.write(&key(1), None, 5);
         let mut refused = 0;
         for n in 0..2000 {
             refused += u32::from(!cache.warm(&key(n), &entry(n), 4));
         }
-        // key 0 keeps its newer entry; the shards filled up and refused the rest.
+        // key 0 keeps what it held; the shards filled up and refused the rest.
         assert_eq!(cached(&cache, &key(0)), Some(entry(9)));
+        assert_eq!(cached(&cache, &key(1)), None);
         let (entries, bytes) = cache.usage();
         assert!(
             bytes <= SHARDS * 4096 && entries > 500,

@@ -72,7 +72,7 @@ impl Default for Options {
             checkpoint_interval: Some(Duration::from_secs(60)),
             purge_interval: Some(Duration::from_secs(60)),
             segment_size: 64 << 20,
-            cache_size: 512 << 20,
+            cache_size: 1 << 30,
             record_cache_size: 512 << 20,
             read_only: false,
             lapse_claims_on_open: false,
@@ -188,11 +188,12 @@ impl Options {
     }
 
     /// Memory for redb's page cache, in bytes: an upper bound, filled as index pages are
-    /// read. Default 512 MiB: with the record cache's 512 MiB
-    /// ([`record_cache_size`](Options::record_cache_size)), the 1 GiB redb takes by default.
-    /// The page cache serves lookups that miss the record cache, index commits, TTL
+    /// read. Default 1 GiB (redb's own default). It serves lookups that miss the record
+    /// cache ([`record_cache_size`](Options::record_cache_size)), index commits, TTL
     /// compaction and the scans at open; reads that miss it cost a `pread` and an eviction
-    /// under a lock that readers share (`docs/benchmarks.md`).
+    /// under a lock that readers share. Halving it to 512 MiB cost 64 writers about 15% on a
+    /// 1M-key store (`docs/benchmarks.md`). Lower it where memory is scarcer than writes are
+    /// hot.
     pub fn cache_size(mut self, bytes: usize) -> Options {
         self.cache_size = bytes;
         self
@@ -202,7 +203,7 @@ impl Options {
     /// so that a lookup of one walks no B-tree. Default 512 MiB, about 1.3 million records of
     /// 48-byte keys and 200-byte outcomes; 0 turns it off. It is warmed from the index after
     /// an open (in the background, where it has room), then holds the records most recently
-    /// written or read. It holds only what the index holds, and never changes an answer,
+    /// read, each replaced by its key's later writes. It holds only what the index holds, and never changes an answer,
     /// only how fast it comes (`docs/design.md`, Record cache).
     pub fn record_cache_size(mut self, bytes: usize) -> Options {
         self.record_cache_size = bytes;
