@@ -1,5 +1,5 @@
-//! The record cache: encoded entries of recently read and recently written keys, kept in
-//! memory in front of the index, so that a lookup that hits it walks no B-tree and reads no
+//! The record cache: encoded entries of recently read keys, kept current by their writes and
+//! in memory in front of the index, so that a lookup that hits it walks no B-tree and reads no
 //! page.
 //!
 //! It holds copies of index values, never anything the index does not hold: records enter it

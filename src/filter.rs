@@ -266,8 +266,8 @@ impl Filters {
         }
         if let Some(mut warmer) = warmer {
             // Best effort: an error here is the next lookup's to report.
-            let _ = index::scan_rows(&snapshot, |key, entry| {
-                warmer.offer(key, entry) && !self.stop.load(Ordering::Relaxed)
+            let _ = index::scan_keys(&snapshot, |key| {
+                warmer.offer(&snapshot, key) && !self.stop.load(Ordering::Relaxed)
             });
         }
     }

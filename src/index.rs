@@ -82,10 +82,15 @@ pub(crate) struct Warmer {
 }
 
 impl Warmer {
-    /// Offers one row; false once the cache has refused enough rows for want of room that
-    /// scanning on would fill little.
-    pub fn offer(&mut self, key: &[u8], entry: &[u8]) -> bool {
-        if !self.cache.warm(key, entry, self.generation) {
+    /// Offers the record of `key`, found by a scan of `snapshot`: looked up again the way a
+    /// lookup finds it, so that the cache holds what a lookup would read. (On a damaged
+    /// index a scan and a lookup can disagree: a damaged branch can hide from one a leaf the
+    /// other reaches; a lookup that fails caches nothing.) Returns false once the cache has
+    /// refused enough records for want of room that scanning on would fill little.
+    pub fn offer(&mut self, snapshot: &Snapshot, key: &[u8]) -> bool {
+        if let Ok(Some(entry)) = snapshot.get(key)
+            && !self.cache.warm(key, entry.value(), self.generation)
+        {
             self.refused += 1;
         }
         self.refused < WARM_REFUSALS
@@ -119,7 +124,7 @@ pub(crate) struct Index {
     snapshot: ArcSwapOption<ReadOnlyTable<&'static [u8], &'static [u8]>>,
     /// Counts published snapshots; advanced after each is published (see `cache.rs`).
     generation: AtomicU64,
-    /// Recently read and written records, in front of the snapshot.
+    /// Recently read records (kept current by writes), in front of the snapshot.
     cache: Arc<RecordCache>,
     /// Written only by [`Index::compact`], which needs the database to itself.
     db: RwLock<Guarded<Database>>,
@@ -521,19 +526,10 @@ fn non_durable_write(db: &Database) -> Result<redb::WriteTransaction> {
 /// Calls `f` with every key of `snapshot` in order while it returns true. Returns whether it
 /// saw them all.
 pub(crate) fn scan_keys(snapshot: &Snapshot, mut f: impl FnMut(&[u8]) -> bool) -> Result<bool> {
-    scan_rows(snapshot, |key, _| f(key))
-}
-
-/// Calls `f` with every key of `snapshot` and its encoded entry, in key order, while it
-/// returns true. Returns whether it saw them all.
-pub(crate) fn scan_rows(
-    snapshot: &Snapshot,
-    mut f: impl FnMut(&[u8], &[u8]) -> bool,
-) -> Result<bool> {
     guarded(|| {
         for row in snapshot.iter()? {
-            let (key, value) = row?;
-            if !f(key.value(), value.value()) {
+            let (key, _) = row?;
+            if !f(key.value()) {
                 return Ok(false);
             }
         }
