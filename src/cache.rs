@@ -36,8 +36,20 @@ use crate::hash;
 /// Shards, each with its own lock: readers on different keys rarely share one.
 const SHARDS: usize = 64;
 
-/// A full shard admits one in this many fills.
+/// A full shard admits one in this many fills of [`WhenFull::AdmitSome`].
 const ADMIT_WHEN_FULL: u64 = 8;
+
+/// What a fill does when its shard is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WhenFull {
+    /// A lookup's fill: one in [`ADMIT_WHEN_FULL`] goes in and evicts. Where lookups range
+    /// over more records than fit, each admitted fill costs an eviction and an allocation and
+    /// buys a hit only as often as the cache is a share of the store; admitting fewer keeps
+    /// that share (the content stays a sample of what is read) at a fraction of the cost.
+    AdmitSome,
+    /// The warming at open: it never evicts.
+    Refuse,
+}
 
 /// Bytes charged for a record beyond its key and entry: the map and queue slots, the `Arc`
 /// header and the allocator's rounding, roughly.
@@ -156,15 +168,16 @@ impl RecordCache {
         &self.shards[(hash >> 58) as usize]
     }
 
-    /// The cached record of `key`, if any.
-    pub fn get(&self, key: &[u8]) -> Option<Cached> {
-        if self.shard_budget == 0 {
-            return None;
-        }
-        self.get_hashed(hash::hash(key), key)
+    /// Whether the cache is off (a budget of 0).
+    fn is_off(&self) -> bool {
+        self.shard_budget == 0
     }
 
-    fn get_hashed(&self, hash: u64, key: &[u8]) -> Option<Cached> {
+    /// The cached record of `key`, whose [`hash::hash`] is `hash`, if any.
+    pub fn get(&self, hash: u64, key: &[u8]) -> Option<Cached> {
+        if self.is_off() {
+            return None;
+        }
         let mut shard = self.shard(hash).lock();
         let slot = shard.map.get_mut(&hash)?;
         if slot.record.key() != key {
@@ -174,45 +187,38 @@ impl RecordCache {
         Some(slot.record.clone())
     }
 
-    /// Caches `entry` for `key` as read from the snapshot of `generation`, unless a newer
-    /// write reached the shard since (see the module docs).
-    pub fn fill(&self, key: &[u8], entry: &[u8], generation: u64) {
-        if self.shard_budget == 0 {
-            return;
+    /// Caches `entry` for `key` (whose [`hash::hash`] is `hash`) as read from the snapshot of
+    /// `generation`, unless a newer write reached the shard since (see the module docs) or
+    /// the key is cached already. `when_full` says what a full shard does. Returns false if
+    /// the shard had no room for it.
+    pub fn fill(
+        &self,
+        hash: u64,
+        key: &[u8],
+        entry: &[u8],
+        generation: u64,
+        when_full: WhenFull,
+    ) -> bool {
+        if self.is_off() {
+            return false;
         }
-        let hash = hash::hash(key);
         let mut shard = self.shard(hash).lock();
+        let full = shard.bytes + key.len() + entry.len() + RECORD_OVERHEAD > self.shard_budget;
         if shard.mark > generation || shard.map.contains_key(&hash) {
-            return;
+            return !full;
         }
-        // A full shard admits one fill in ADMIT_WHEN_FULL: where lookups range over more
-        // records than fit, each fill costs an eviction and an allocation and buys a hit
-        // only as often as the cache is a share of the store; admitting fewer keeps that
-        // share (the content stays a sample of what is read) at a fraction of the cost.
-        if shard.bytes + key.len() + entry.len() + RECORD_OVERHEAD > self.shard_budget {
-            shard.refused += 1;
-            if !shard.refused.is_multiple_of(ADMIT_WHEN_FULL) {
-                return;
+        if full {
+            match when_full {
+                WhenFull::Refuse => return false,
+                WhenFull::AdmitSome => {
+                    shard.refused += 1;
+                    if !shard.refused.is_multiple_of(ADMIT_WHEN_FULL) {
+                        return false;
+                    }
+                }
             }
         }
         shard.insert(hash, Cached::new(key, entry), self.shard_budget);
-    }
-
-    /// Caches `entry` for `key`, as read from the snapshot of `generation`, if its shard has
-    /// room (no eviction) and no newer write reached it. Returns false if there was no room.
-    pub fn warm(&self, key: &[u8], entry: &[u8], generation: u64) -> bool {
-        if self.shard_budget == 0 {
-            return false;
-        }
-        let hash = hash::hash(key);
-        let record = Cached::new(key, entry);
-        let mut shard = self.shard(hash).lock();
-        if shard.bytes + record.charge() > self.shard_budget {
-            return false;
-        }
-        if shard.mark <= generation && !shard.map.contains_key(&hash) {
-            shard.insert(hash, record, self.shard_budget);
-        }
         true
     }
 
@@ -222,7 +228,7 @@ impl RecordCache {
     /// when it is read): on a write-heavy load, inserting every new key would cost an
     /// eviction per write for records that may never be read.
     pub fn write(&self, key: &[u8], entry: Option<&[u8]>, generation: u64) {
-        if self.shard_budget == 0 {
+        if self.is_off() {
             return;
         }
         let hash = hash::hash(key);
@@ -311,7 +317,12 @@ mod tests {
     }
 
     fn cached(cache: &RecordCache, key: &[u8]) -> Option<Vec<u8>> {
-        cache.get(key).map(|c| c.entry().to_vec())
+        cache.get(hash::hash(key), key).map(|c| c.entry().to_vec())
+    }
+
+    /// A lookup's fill.
+    fn fill(cache: &RecordCache, key: &[u8], entry: &[u8], generation: u64) {
+        cache.fill(hash::hash(key), key, entry, generation, WhenFull::AdmitSome);
     }
 
     #[test]
@@ -320,16 +331,16 @@ mod tests {
         let k = key(1);
         // A reader of generation 4 races a write that generation 5 holds.
         cache.write(&k, Some(&entry(5)), 5);
-        cache.fill(&k, &entry(4), 4);
+        fill(&cache, &k, &entry(4), 4);
         assert_eq!(cached(&cache, &k), None);
-        cache.fill(&k, &entry(5), 5);
+        fill(&cache, &k, &entry(5), 5);
         assert_eq!(cached(&cache, &k), Some(entry(5)));
         // A delete, then a stale fill of what it deleted.
         cache.write(&k, None, 6);
-        cache.fill(&k, &entry(5), 5);
+        fill(&cache, &k, &entry(5), 5);
         assert_eq!(cached(&cache, &k), None);
         // A fill from the snapshot that holds the delete's successor goes in.
-        cache.fill(&k, &entry(7), 7);
+        fill(&cache, &k, &entry(7), 7);
         assert_eq!(cached(&cache, &k), Some(entry(7)));
     }
 
@@ -345,7 +356,7 @@ mod tests {
     fn a_write_overwrites_an_older_fill() {
         let cache = RecordCache::new(1 << 20);
         let k = key(2);
-        cache.fill(&k, &entry(1), 1);
+        fill(&cache, &k, &entry(1), 1);
         cache.write(&k, Some(&entry(2)), 2);
         assert_eq!(cached(&cache, &k), Some(entry(2)));
         cache.write(&k, None, 3);
@@ -358,12 +369,12 @@ mod tests {
         let budget = SHARDS * 4096;
         let cache = RecordCache::new(budget);
         let hot = key(0);
-        cache.fill(&hot, &entry(0), 1);
+        fill(&cache, &hot, &entry(0), 1);
         for n in 1..20_000 {
-            cache.fill(&key(n), &entry(n), 1);
+            fill(&cache, &key(n), &entry(n), 1);
             // The hot key is read between writes: its referenced bit saves it each sweep.
             assert!(
-                cache.get(&hot).is_some(),
+                cached(&cache, &hot).is_some(),
                 "hot key evicted after {n} writes"
             );
             let (_, bytes) = cache.usage();
@@ -378,7 +389,7 @@ mod tests {
         let cache = RecordCache::new(1 << 20);
         let k = key(3);
         for generation in 0..10_000 {
-            cache.fill(&k, &entry(3), generation);
+            fill(&cache, &k, &entry(3), generation);
             cache.write(&k, None, generation);
         }
         let queued: usize = cache.shards.iter().map(|s| s.lock().queue.len()).sum();
@@ -391,21 +402,22 @@ mod tests {
     #[test]
     fn a_key_sharing_another_keys_hash_is_a_miss() {
         let cache = RecordCache::new(1 << 20);
-        cache.fill(&key(6), &entry(6), 1);
+        fill(&cache, &key(6), &entry(6), 1);
         let hash = hash::hash(&key(6));
-        assert!(cache.get_hashed(hash, &key(6)).is_some());
-        assert!(cache.get_hashed(hash, &key(7)).is_none());
+        assert!(cache.get(hash, &key(6)).is_some());
+        assert!(cache.get(hash, &key(7)).is_none());
     }
 
     #[test]
     fn warming_fills_only_room_and_never_over_a_newer_write() {
         let cache = RecordCache::new(SHARDS * 4096);
-        cache.fill(&key(0), &entry(9), 5);
+        fill(&cache, &key(0), &entry(9), 5);
         // A write newer than the warming snapshot: its shard takes no warm fill.
         cache.write(&key(1), None, 5);
         let mut refused = 0;
         for n in 0..2000 {
-            refused += u32::from(!cache.warm(&key(n), &entry(n), 4));
+            let k = key(n);
+            refused += u32::from(!cache.fill(hash::hash(&k), &k, &entry(n), 4, WhenFull::Refuse));
         }
         // key 0 keeps what it held; the shards filled up and refused the rest.
         assert_eq!(cached(&cache, &key(0)), Some(entry(9)));
@@ -430,7 +442,7 @@ mod tests {
     fn a_zero_budget_turns_it_off() {
         let cache = RecordCache::new(0);
         cache.write(&key(4), Some(&entry(4)), 1);
-        cache.fill(&key(5), &entry(5), 1);
+        fill(&cache, &key(5), &entry(5), 1);
         assert_eq!(
             (cached(&cache, &key(4)), cached(&cache, &key(5))),
             (None, None)

@@ -265,9 +265,12 @@ impl Filters {
             *building = None;
         }
         if let Some(mut warmer) = warmer {
-            // Best effort: an error here is the next lookup's to report.
+            // Best effort: an error here is the next lookup's to report. It gives way to a
+            // new build, whose start (under `core`) joins this thread.
             let _ = index::scan_keys(&snapshot, |key| {
-                warmer.offer(&snapshot, key) && !self.stop.load(Ordering::Relaxed)
+                warmer.offer(&snapshot, key)
+                    && !self.stop.load(Ordering::Relaxed)
+                    && self.building.lock().is_none()
             });
         }
     }

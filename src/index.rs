@@ -29,8 +29,9 @@ use redb::{
     StorageBackend, TableDefinition,
 };
 
-use crate::cache::RecordCache;
+use crate::cache::{RecordCache, WhenFull};
 use crate::error::{Error, Result};
+use crate::hash;
 use crate::key::describe;
 use crate::record::{Entry, EntryRef, le_u64};
 use crate::storage::StorageFile;
@@ -89,7 +90,13 @@ impl Warmer {
     /// refused enough records for want of room that scanning on would fill little.
     pub fn offer(&mut self, snapshot: &Snapshot, key: &[u8]) -> bool {
         if let Ok(Some(entry)) = snapshot.get(key)
-            && !self.cache.warm(key, entry.value(), self.generation)
+            && !self.cache.fill(
+                hash::hash(key),
+                key,
+                entry.value(),
+                self.generation,
+                WhenFull::Refuse,
+            )
         {
             self.refused += 1;
         }
@@ -206,7 +213,9 @@ impl Index {
     /// Calls `f` with the encoded entry of `key`: from the record cache, else from the
     /// latest snapshot without copying it (and then into the cache).
     pub fn with_entry<T>(&self, key: &[u8], f: impl FnOnce(Option<&[u8]>) -> T) -> Result<T> {
-        if let Some(cached) = self.cache.get(key) {
+        // Hashed once, for the lookup and the fill.
+        let hash = hash::hash(key);
+        if let Some(cached) = self.cache.get(hash, key) {
             return Ok(f(Some(cached.entry())));
         }
         // Taken before the snapshot: what the snapshot holds is at least this new.
@@ -218,7 +227,8 @@ impl Index {
         let guard = guarded(|| Ok(table.get(key)?))?;
         let value = guarded(|| Ok(guard.as_ref().map(|v| v.value())))?;
         if let Some(value) = value {
-            self.cache.fill(key, value, generation);
+            self.cache
+                .fill(hash, key, value, generation, WhenFull::AdmitSome);
         }
         Ok(f(value))
     }

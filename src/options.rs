@@ -203,8 +203,8 @@ impl Options {
     /// so that a lookup of one walks no B-tree. Default 512 MiB, about 1.3 million records of
     /// 48-byte keys and 200-byte outcomes; 0 turns it off. It is warmed from the index after
     /// an open (in the background, where it has room), then holds the records most recently
-    /// read, each replaced by its key's later writes. It holds only what the index holds, and never changes an answer,
-    /// only how fast it comes (`docs/design.md`, Record cache).
+    /// read, each replaced by its key's later writes. It holds only what the index holds,
+    /// and never changes an answer, only how fast it comes (`docs/design.md`, Record cache).
     pub fn record_cache_size(mut self, bytes: usize) -> Options {
         self.record_cache_size = bytes;
         self
