@@ -182,6 +182,10 @@ pub(crate) struct Io {
     written_lsn: u64,
     pub checkpoint_lsn: u64,
     bytes_since_checkpoint: u64,
+    /// `bytes_since_checkpoint` at which a leader next asks for a checkpoint: one ask per
+    /// `checkpoint_bytes`, so that the batches committed while a checkpoint runs do not
+    /// ask for another one right after it.
+    next_checkpoint_at: u64,
     pub last_checkpoint: Instant,
 }
 
@@ -249,6 +253,7 @@ impl Shared {
                 written_lsn: last_lsn,
                 checkpoint_lsn: parts.checkpoint_lsn,
                 bytes_since_checkpoint: 0,
+                next_checkpoint_at: parts.options.checkpoint_bytes,
                 last_checkpoint: Instant::now(),
             }),
             index: parts.index,
@@ -568,7 +573,12 @@ impl Shared {
             self.counters.syncs.fetch_add(1, Ordering::Relaxed);
             self.synced_lsn.store(last, Ordering::Release);
         }
-        let checkpoint_due = io.bytes_since_checkpoint >= self.options.checkpoint_bytes;
+        let checkpoint_due = io.bytes_since_checkpoint >= io.next_checkpoint_at;
+        if checkpoint_due {
+            io.next_checkpoint_at = io
+                .bytes_since_checkpoint
+                .saturating_add(self.options.checkpoint_bytes);
+        }
         drop(io);
 
         {
@@ -606,7 +616,15 @@ impl Shared {
                 mem::take(&mut *unapplied)
             }
         };
-        if changes.is_empty() && mode != Apply::Checkpoint {
+        if mode == Apply::Checkpoint {
+            // The checkpoint covers what was just taken: the log written from here on counts
+            // toward the next one (so do the few batches written but not yet queued, a
+            // negligible slip). Not at its end: its durable commit can take long, and the
+            // batches committed meanwhile would ask for another checkpoint at once.
+            let mut io = self.io.lock();
+            io.bytes_since_checkpoint = 0;
+            io.next_checkpoint_at = self.options.checkpoint_bytes;
+        } else if changes.is_empty() {
             return Ok(());
         }
         let last = changes.last().map_or(*applied, |c| c.lsn);
@@ -708,7 +726,6 @@ impl Shared {
         let lsn = *self.apply.lock();
         let mut io = self.io.lock();
         io.checkpoint_lsn = lsn;
-        io.bytes_since_checkpoint = 0;
         io.last_checkpoint = Instant::now();
         self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = io.writer.remove_behind(lsn) {

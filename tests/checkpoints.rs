@@ -1,0 +1,195 @@
+//! Checkpoint pacing: one checkpoint per `checkpoint_bytes` of log, however long a checkpoint's
+//! durable index commit takes.
+
+mod common;
+
+use std::any::Any;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use idemstore::storage::{FsStorage, Storage, StorageFile};
+use idemstore::{Durability, Options, Store};
+
+/// Holds every `sync_data` of the index file while closed: a checkpoint's durable commit that
+/// takes as long as the test wants.
+#[derive(Debug, Default)]
+struct Gate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    closed: bool,
+    waiting: usize,
+}
+
+impl Gate {
+    fn pass(&self) {
+        let mut state = self.state.lock();
+        state.waiting += 1;
+        self.changed.notify_all();
+        while state.closed {
+            self.changed.wait(&mut state);
+        }
+        state.waiting -= 1;
+    }
+
+    fn set_closed(&self, closed: bool) {
+        self.state.lock().closed = closed;
+        self.changed.notify_all();
+    }
+
+    fn wait_for_a_waiter(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut state = self.state.lock();
+        while state.waiting == 0 {
+            assert!(
+                !self.changed.wait_until(&mut state, deadline).timed_out(),
+                "no checkpoint reached its durable commit"
+            );
+        }
+    }
+}
+
+#[derive(Debug)]
+struct GatedIndex {
+    inner: FsStorage,
+    gate: Arc<Gate>,
+}
+
+#[derive(Debug)]
+struct GatedFile {
+    inner: Arc<dyn StorageFile>,
+    gate: Arc<Gate>,
+}
+
+impl StorageFile for GatedFile {
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.inner.read_exact_at(buf, offset)
+    }
+    fn write_all_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        self.inner.write_all_at(data, offset)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.gate.pass();
+        self.inner.sync_data()
+    }
+}
+
+impl Storage for GatedIndex {
+    fn open(&self, name: &str, create: bool) -> io::Result<Arc<dyn StorageFile>> {
+        let file = self.inner.open(name, create)?;
+        Ok(if name == "index.redb" {
+            Arc::new(GatedFile {
+                inner: file,
+                gate: self.gate.clone(),
+            })
+        } else {
+            file
+        })
+    }
+    fn list(&self) -> io::Result<Vec<String>> {
+        self.inner.list()
+    }
+    fn remove(&self, name: &str) -> io::Result<()> {
+        self.inner.remove(name)
+    }
+    fn sync_dir(&self) -> io::Result<()> {
+        self.inner.sync_dir()
+    }
+    fn try_lock(&self) -> io::Result<Option<Box<dyn Any + Send + Sync>>> {
+        self.inner.try_lock()
+    }
+    fn describe(&self) -> String {
+        format!("gated {}", self.inner.describe())
+    }
+}
+
+/// Small beside the 1 MiB at which a checkpoint starts a new segment: the log stays in one.
+const CHECKPOINT_BYTES: u64 = 128 << 10;
+
+/// The bytes of the log segments in `dir` (read from the files: `stats` would wait for a
+/// running checkpoint).
+fn log_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry"))
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .map(|e| e.metadata().expect("metadata").len())
+        .sum()
+}
+
+/// Claims and completes new keys until `bytes` more of log are written.
+fn write_log(store: &Store, dir: &Path, next: &mut u64, bytes: u64) {
+    let start = log_bytes(dir);
+    while log_bytes(dir) < start + bytes {
+        for _ in 0..64 {
+            let key = common::key(*next);
+            *next += 1;
+            let claim = common::claim(store, &key, b"request");
+            store.complete(&claim, &[7; 200]).expect("complete");
+        }
+    }
+}
+
+/// Waits until `store` has made `n` checkpoints, then a little longer for any it should not.
+fn settled_checkpoints(store: &Store, n: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while store.stats().expect("stats").checkpoints < n {
+        assert!(Instant::now() < deadline, "checkpoint {n} never came");
+        thread::sleep(Duration::from_millis(5));
+    }
+    thread::sleep(Duration::from_millis(300));
+    store.stats().expect("stats").checkpoints
+}
+
+#[test]
+fn batches_committed_while_a_checkpoint_runs_do_not_ask_for_another() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gate = Arc::new(Gate::default());
+    let storage = GatedIndex {
+        inner: FsStorage::new(dir.path()).expect("storage"),
+        gate: gate.clone(),
+    };
+    let store = Options::new()
+        .durability(Durability::Immediate)
+        .checkpoint_bytes(CHECKPOINT_BYTES)
+        .checkpoint_interval(None)
+        // A background thread, which the leaders hand their checkpoints to.
+        .purge_interval(Some(Duration::from_secs(3600)))
+        .segment_size(1 << 30)
+        .open_storage(storage)
+        .expect("open");
+    let before = store.stats().expect("stats").checkpoints;
+    let mut next = 0;
+
+    gate.set_closed(true);
+    write_log(&store, dir.path(), &mut next, CHECKPOINT_BYTES);
+    // The checkpoint has taken what was queued and waits in its durable commit; the writers
+    // go on meanwhile, with less than another checkpoint's worth of log.
+    gate.wait_for_a_waiter();
+    write_log(&store, dir.path(), &mut next, CHECKPOINT_BYTES / 2);
+    gate.set_closed(false);
+    assert_eq!(
+        settled_checkpoints(&store, before + 1),
+        before + 1,
+        "half a checkpoint's worth of log, written while one ran, made another"
+    );
+
+    // Pacing still works afterwards: another checkpoint's worth brings exactly one more.
+    write_log(&store, dir.path(), &mut next, CHECKPOINT_BYTES);
+    assert_eq!(settled_checkpoints(&store, before + 2), before + 2);
+    store.close().expect("close");
+}
