@@ -78,6 +78,7 @@ mod stats;
 pub mod storage;
 mod store;
 mod verify;
+mod writeback;
 
 pub use acknowledgement::Acknowledgement;
 pub use claim::{Begin, Claim};

@@ -47,6 +47,7 @@ use crate::log::writer::Writer;
 use crate::record::{Body, Entry};
 use crate::stats::RecoveryReport;
 use crate::storage::{Storage, StorageFile};
+use crate::writeback::{WRITEBACK_BYTES, WritebackFile};
 
 /// Replayed changes handed at a time to the thread that builds the acknowledged layer.
 const REPLAY_CHUNK: usize = 4096;
@@ -234,8 +235,8 @@ fn open_index(
     caches: CacheSizes,
     created: bool,
 ) -> Result<(Index, Checkpoint, bool)> {
-    let opened =
-        Index::open(file, caches, created).and_then(|index| Ok((index.checkpoint()?, index)));
+    let opened = Index::open(with_writeback(storage.as_ref(), file), caches, created)
+        .and_then(|index| Ok((index.checkpoint()?, index)));
     match opened {
         Ok((checkpoint, index)) => Ok((index, checkpoint, false)),
         Err(Error::Corruption { .. })
@@ -247,11 +248,21 @@ fn open_index(
             storage.sync_dir()?;
             let file = storage.open(INDEX_FILE, true)?;
             storage.sync_dir()?;
-            let index = Index::open(file, caches, true)?;
+            let index = Index::open(with_writeback(storage.as_ref(), file), caches, true)?;
             let checkpoint = index.checkpoint()?;
             Ok((index, checkpoint, true))
         }
         Err(e) => Err(e),
+    }
+}
+
+/// The index file, synced in the background (see [`crate::writeback`]) where the storage
+/// allows helper threads.
+fn with_writeback(storage: &dyn Storage, file: Arc<dyn StorageFile>) -> Arc<dyn StorageFile> {
+    if storage.helper_threads() {
+        Arc::new(WritebackFile::new(file, WRITEBACK_BYTES))
+    } else {
+        file
     }
 }
 
