@@ -206,7 +206,7 @@ fn run(weak: &Weak<Shared>, signal: &(Mutex<Wanted>, Condvar)) {
         };
         // A failure wakes every waiter, which then reads it from the handle: nothing is left
         // for the committer to do for them.
-        let _ = shared.wait_acknowledged(shared.core.lock(), lsn);
+        let _ = shared.commit_for_waiters(shared.core.lock(), lsn);
         done = lsn;
     }
 }
