@@ -75,10 +75,15 @@ const ROLL_AT_CHECKPOINT: u64 = 1 << 20;
 /// Closing compacts the index only after TTL compaction removed at least this many records.
 const COMPACT_AFTER_PURGED: u64 = 1024;
 
+/// Expired records TTL compaction reads at a time (about 90 bytes of memory each) and sorts
+/// by key, to remove in chunks of [`PURGE_CHUNK`] consecutive keys (see [`Index::purge`]).
+const PURGE_PASS: usize = 1 << 20;
+
 /// Expired records removed per index commit by TTL compaction: large enough that commit
-/// costs are small beside the removals and that removals share leaves (each leaf a commit
-/// touches is copied once), small enough that an apply waits briefly (~0.3 s).
-const PURGE_CHUNK: usize = 65536;
+/// costs are small beside the removals and that each scan of `expiry` (over the chunk's
+/// rows, which lie anywhere in the pass) serves many, small enough that an apply waits
+/// briefly (held while the commit runs).
+const PURGE_CHUNK: usize = 1 << 17;
 
 pub(crate) struct Shared {
     pub options: Options,
@@ -794,22 +799,34 @@ impl Shared {
     /// record still in `recent` or in flight holds its key's newer state, which the index
     /// receives after the removal.
     pub fn purge_expired(&self) -> Result<u64> {
+        self.purge_expired_in(PURGE_PASS, PURGE_CHUNK)
+    }
+
+    /// [`Shared::purge_expired`] with passes of `pass` rows in commits of `chunk` (small in
+    /// tests, to cross their bounds).
+    fn purge_expired_in(&self, pass: usize, chunk: usize) -> Result<u64> {
         self.check_writable()?;
         self.poisoned()?;
         self.apply_pending(Apply::Wait)?;
+        let now = self.now();
         let mut total = 0;
+        let mut after = None;
         loop {
-            let applying = self.apply.lock();
-            let now = self.now();
-            let (removed, more) = match self.index.purge(now, PURGE_CHUNK) {
-                Ok(r) => r,
-                Err(e) => {
-                    self.fail(&e);
-                    return Err(e);
-                }
-            };
-            drop(applying);
-            total += removed;
+            // Read without the `apply` lock: each chunk checks its rows again as it removes
+            // them, in one commit. Each pass reads on from where the last one stopped, so
+            // that it ends even if rows it read could not go.
+            let mut due = self
+                .index
+                .due(now, after.as_ref(), pass)
+                .inspect_err(|e| self.fail(e))?;
+            let more = due.len() == pass;
+            after = due.last().cloned();
+            due.sort_unstable();
+            for chunk in due.chunks(chunk) {
+                let applying = self.apply.lock();
+                total += self.index.purge(chunk).inspect_err(|e| self.fail(e))?;
+                drop(applying);
+            }
             if !more {
                 break;
             }
@@ -880,6 +897,140 @@ mod tests {
             assert!(started.elapsed() < Duration::from_secs(60), "{what}");
             thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    #[test]
+    fn purge_in_small_passes_and_chunks_removes_exactly_what_expired() {
+        use crate::clock::ManualClock;
+        use crate::storage::SimDisk;
+        use std::time::UNIX_EPOCH;
+
+        let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+        let store = Options::new()
+            .clock(clock.clone())
+            .lease(Duration::from_secs(10))
+            .retention(Duration::from_secs(100))
+            .purge_interval(None)
+            .checkpoint_interval(None)
+            .durability(Durability::None)
+            .open_storage(SimDisk::new("purge-chunks"))
+            .expect("open");
+        let shared = store.shared().clone();
+        let key = |n: u64| Key::new("client", format!("req-{n}"), "op").expect("key");
+        let claim = |n: u64| match store.begin(&key(n), b"req").expect("begin") {
+            Begin::Claimed(c) => c,
+            other => panic!("key {n}: {other:?}"),
+        };
+        // Seconds after the start at which each key's record expires.
+        let mut expires = std::collections::BTreeMap::new();
+        let mut claims = Vec::new();
+        for second in 0..20 {
+            for n in (second..120).step_by(20) {
+                match n % 4 {
+                    // Completed now: retention after now.
+                    0 | 1 => {
+                        store.complete(&claim(n), b"x").expect("complete");
+                        expires.insert(n, second + 100);
+                    }
+                    // Claimed now and abandoned: lease plus retention.
+                    2 => {
+                        let _abandoned = claim(n);
+                        expires.insert(n, second + 110);
+                    }
+                    // Claimed now, completed 30 s later: its claim's row is replaced.
+                    _ => claims.push((n, claim(n), second + 30)),
+                }
+            }
+            for (n, c, at) in claims.extract_if(.., |(_, _, at)| *at == second) {
+                store.complete(&c, b"y").expect("complete");
+                expires.insert(n, at + 100);
+            }
+            clock.advance(Duration::from_secs(1));
+        }
+        for later in 20..50 {
+            for (n, c, at) in claims.extract_if(.., |(_, _, at)| *at == later) {
+                clock.set(UNIX_EPOCH + Duration::from_secs(1_700_000_000 + at));
+                store.complete(&c, b"y").expect("complete");
+                expires.insert(n, at + 100);
+            }
+        }
+        assert!(claims.is_empty());
+
+        let start = 1_700_000_000;
+        for (now, pass, chunk) in [(115, 7, 3), (125, 1, 1), (135, 50, 7), (200, 1000, 1000)] {
+            clock.set(UNIX_EPOCH + Duration::from_secs(start + now));
+            let before = store.stats().expect("stats").records;
+            let due = expires.values().filter(|&&at| at <= now).count() as u64;
+            let removed = shared.purge_expired_in(pass, chunk).expect("purge");
+            assert_eq!(
+                removed, due,
+                "at {now} s, passes of {pass}, commits of {chunk}"
+            );
+            expires.retain(|_, at| *at > now);
+            let stats = store.stats().expect("stats");
+            assert_eq!(stats.records, before - removed);
+            assert_eq!(stats.records, expires.len() as u64);
+            for n in 0..120 {
+                let present = store.get(&key(n)).expect("get").is_some();
+                assert_eq!(present, expires.contains_key(&n), "key {n} at {now} s");
+            }
+            let open = expires.keys().filter(|&&n| n % 4 == 2).count() as u64;
+            assert_eq!(stats.in_progress, open, "claims left at {now} s");
+            // Every record left keeps its row, and no row outlives its record.
+            let rows = shared.index.due(u64::MAX, None, usize::MAX).expect("rows");
+            assert_eq!(rows.len(), expires.len(), "expiry rows at {now} s");
+        }
+        assert!(expires.is_empty());
+    }
+
+    #[test]
+    fn a_record_written_again_after_its_row_was_read_is_not_purged() {
+        use crate::clock::ManualClock;
+        use crate::storage::SimDisk;
+        use std::time::UNIX_EPOCH;
+
+        let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+        let store = Options::new()
+            .clock(clock.clone())
+            .lease(Duration::from_secs(10))
+            .retention(Duration::from_secs(100))
+            .purge_interval(None)
+            .checkpoint_interval(None)
+            .open_storage(SimDisk::new("purge-race"))
+            .expect("open");
+        let shared = store.shared().clone();
+        let key = |n: u64| Key::new("client", format!("req-{n}"), "op").expect("key");
+        for n in 0..4 {
+            assert!(matches!(
+                store.begin(&key(n), b"req").expect("begin"),
+                Begin::Claimed(_)
+            ));
+        }
+        shared.apply_pending(Apply::Wait).expect("apply");
+        clock.advance(Duration::from_secs(115)); // every claim lapsed 5 s ago
+        let now = shared.now();
+        let mut due = shared.index.due(now, None, usize::MAX).expect("due");
+        assert_eq!(due.len(), 4);
+        // Between the purge's read and its commit, key 1 is claimed again: a new record with
+        // a new expiry, which replaced the row the purge read.
+        let again = store.begin(&key(1), b"req").expect("begin");
+        assert!(matches!(again, Begin::Claimed(_)), "{again:?}");
+        shared.apply_pending(Apply::Wait).expect("apply");
+        due.sort_unstable();
+        let removed = {
+            let _applying = shared.apply.lock();
+            shared.index.purge(&due).expect("purge")
+        };
+        assert_eq!(removed, 3);
+        assert!(
+            store.get(&key(1)).expect("get").is_some(),
+            "the new claim was purged"
+        );
+        let stats = store.stats().expect("stats");
+        assert_eq!((stats.records, stats.in_progress), (1, 1));
+        let rows = shared.index.due(u64::MAX, None, usize::MAX).expect("rows");
+        assert_eq!(rows.len(), 1, "the new claim keeps its row");
+        assert!(rows[0].at > now);
     }
 
     #[test]

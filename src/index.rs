@@ -56,6 +56,13 @@ const META_NEXT_TOKEN: &str = "next_token";
 /// check what it reads, and a damaged `next_token` would hand out fencing tokens again.
 const META_CHECKSUM: &str = "checkpoint_crc";
 
+/// A row of the `expiry` table: a record's key and the `expires_at` it was written with.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Due {
+    pub key: Box<[u8]>,
+    pub at: u64,
+}
+
 /// Offset of `expires_at` and of the state byte in an encoded entry (see `record.rs`).
 const ENTRY_EXPIRES_AT: usize = 54;
 const ENTRY_STATE: usize = 1;
@@ -307,63 +314,101 @@ impl Index {
         Ok(self.generation.fetch_add(1, Ordering::AcqRel) + 1)
     }
 
-    /// Removes up to `limit` records whose `expires_at` is at or before `now`. Returns the
-    /// number removed and whether rows at or before `now` remain.
-    pub fn purge(&self, now: u64, limit: usize) -> Result<(u64, bool)> {
+    /// Up to `limit` rows of the `expiry` table at or before `now` and after `after` (if
+    /// given), oldest first, read from the latest commit: what [`Index::purge`] is given, in
+    /// chunks sorted by key.
+    pub fn due(&self, now: u64, after: Option<&Due>, limit: usize) -> Result<Vec<Due>> {
+        guarded(|| {
+            let txn = self.db.read().begin_read()?;
+            let expiry = txn.open_table(EXPIRY)?;
+            let mut due = Vec::new();
+            let start = match after {
+                Some(d) => Bound::Excluded((d.at, &*d.key)),
+                None => Bound::Unbounded,
+            };
+            for row in expiry.range::<(u64, &[u8])>((start, Bound::Unbounded))? {
+                let (row, _) = row?;
+                let (at, key) = row.value();
+                if at > now || due.len() == limit {
+                    break;
+                }
+                due.push(Due {
+                    key: key.into(),
+                    at,
+                });
+            }
+            Ok(due)
+        })
+    }
+
+    /// Removes, in one non-durable commit, the records of `due` (rows read by [`Index::due`],
+    /// sorted by key) whose `expires_at` is still the row's, and every row of `due` still in
+    /// `expiry`. A record that moved on to a later expiry stays (its row for that expiry is
+    /// not in `due`); a row whose record is gone or moved on is stale and goes. Returns the
+    /// number of records removed.
+    ///
+    /// Each table is changed by one ordered scan (`retain_in`) over the range the chunk
+    /// spans, which removes a leaf's entries together: removing keys one by one rebuilt a
+    /// leaf and its branch path per key, most of the purge's time. `records` is scanned
+    /// over the chunk's keys (the chunks of a sorted pass span disjoint runs of it), and
+    /// `expiry` over the chunk's rows in expiry order.
+    pub fn purge(&self, due: &[Due]) -> Result<u64> {
+        // The rows in expiry order, for the scan of `expiry`.
+        let mut rows: Vec<(u64, &[u8])> = due.iter().map(|d| (d.at, &*d.key)).collect();
+        rows.sort_unstable();
+        let (Some(first), Some(last), Some(&low), Some(&high)) =
+            (due.first(), due.last(), rows.first(), rows.last())
+        else {
+            return Ok(0);
+        };
         guarded(|| {
             let txn = non_durable_write(&self.db.read())?;
-            let mut gone: Vec<Vec<u8>> = Vec::new();
-            let mut more = false;
+            // The keys of the records removed, and of those that were claims.
+            let mut gone: Vec<&[u8]> = Vec::new();
+            let mut claims: Vec<&[u8]> = Vec::new();
             {
                 let mut records = txn.open_table(RECORDS)?;
-                let mut expiry = txn.open_table(EXPIRY)?;
+                let mut next = 0;
+                records.retain_in(&*first.key..=&*last.key, |key, entry| {
+                    while due.get(next).is_some_and(|d| &*d.key < key) {
+                        next += 1;
+                    }
+                    let expires_at = le_u64(entry, ENTRY_EXPIRES_AT);
+                    // A key may have more than one row here (a stale one beside the live
+                    // one): any of them may be the record's.
+                    let mut i = next;
+                    while let Some(d) = due.get(i).filter(|d| &*d.key == key) {
+                        if d.at == expires_at {
+                            gone.push(&d.key);
+                            if is_in_progress(Some(entry)) {
+                                claims.push(&d.key);
+                            }
+                            return false;
+                        }
+                        i += 1;
+                    }
+                    true
+                })?;
                 let mut in_progress = txn.open_table(IN_PROGRESS)?;
-                // The oldest rows, removed in one run from the front of the table.
-                let mut due: Vec<(Vec<u8>, u64)> = Vec::new();
-                let mut cursor = expiry.lower_bound_mut(Bound::<(u64, &[u8])>::Unbounded)?;
-                loop {
-                    let Some((row, _)) = cursor.peek_next()? else {
-                        break;
-                    };
-                    let (at, key) = row.value();
-                    if at > now {
-                        break;
-                    }
-                    if due.len() == limit {
-                        more = true;
-                        break;
-                    }
-                    due.push((key.to_vec(), at));
-                    drop(row);
-                    cursor.remove_next()?;
+                for key in claims {
+                    in_progress.remove(key)?;
                 }
-                cursor.close()?;
-                // In key order: a key whose leaf an earlier removal already copied is
-                // removed in place.
-                due.sort_unstable();
-                for (key, at) in due {
-                    // One walk of `records` per key: remove, and put back in the rare case of
-                    // a stale row (the record moved on to another expiry).
-                    let Some(old) = records.remove(key.as_slice())?.map(|v| v.value().to_vec())
-                    else {
-                        continue;
-                    };
-                    if le_u64(&old, ENTRY_EXPIRES_AT) != at {
-                        records.insert(key.as_slice(), old.as_slice())?;
-                        continue;
+
+                let mut expiry = txn.open_table(EXPIRY)?;
+                let mut next = 0;
+                expiry.retain_in(low..=high, |row, ()| {
+                    while rows.get(next).is_some_and(|r| *r < row) {
+                        next += 1;
                     }
-                    if is_in_progress(Some(&old)) {
-                        in_progress.remove(key.as_slice())?;
-                    }
-                    gone.push(key);
-                }
+                    rows.get(next) != Some(&row)
+                })?;
             }
             txn.commit()?;
             let generation = self.refresh()?;
             for key in &gone {
                 self.cache.forget(key, generation);
             }
-            Ok((gone.len() as u64, more))
+            Ok(gone.len() as u64)
         })
     }
 
