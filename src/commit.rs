@@ -899,22 +899,32 @@ mod tests {
         }
     }
 
-    #[test]
-    fn purge_in_small_passes_and_chunks_removes_exactly_what_expired() {
-        use crate::clock::ManualClock;
-        use crate::storage::SimDisk;
-        use std::time::UNIX_EPOCH;
+    /// The start of the purge tests' manual clock, in seconds since the epoch.
+    const PURGE_START: u64 = 1_700_000_000;
 
-        let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+    /// A store on a simulated disk with a manual clock at [`PURGE_START`], a 10 s lease and a
+    /// 100 s retention, that never purges or checkpoints on its own.
+    fn purge_store(durability: Durability) -> (crate::clock::ManualClock, crate::Store) {
+        let clock = crate::clock::ManualClock::new(
+            std::time::UNIX_EPOCH + Duration::from_secs(PURGE_START),
+        );
         let store = Options::new()
             .clock(clock.clone())
             .lease(Duration::from_secs(10))
             .retention(Duration::from_secs(100))
             .purge_interval(None)
             .checkpoint_interval(None)
-            .durability(Durability::None)
-            .open_storage(SimDisk::new("purge-chunks"))
+            .durability(durability)
+            .open_storage(crate::storage::SimDisk::new("purge"))
             .expect("open");
+        (clock, store)
+    }
+
+    #[test]
+    fn purge_in_small_passes_and_chunks_removes_exactly_what_expired() {
+        use std::time::UNIX_EPOCH;
+
+        let (clock, store) = purge_store(Durability::None);
         let shared = store.shared().clone();
         let key = |n: u64| Key::new("client", format!("req-{n}"), "op").expect("key");
         let claim = |n: u64| match store.begin(&key(n), b"req").expect("begin") {
@@ -949,16 +959,15 @@ mod tests {
         }
         for later in 20..50 {
             for (n, c, at) in claims.extract_if(.., |(_, _, at)| *at == later) {
-                clock.set(UNIX_EPOCH + Duration::from_secs(1_700_000_000 + at));
+                clock.set(UNIX_EPOCH + Duration::from_secs(PURGE_START + at));
                 store.complete(&c, b"y").expect("complete");
                 expires.insert(n, at + 100);
             }
         }
         assert!(claims.is_empty());
 
-        let start = 1_700_000_000;
         for (now, pass, chunk) in [(115, 7, 3), (125, 1, 1), (135, 50, 7), (200, 1000, 1000)] {
-            clock.set(UNIX_EPOCH + Duration::from_secs(start + now));
+            clock.set(UNIX_EPOCH + Duration::from_secs(PURGE_START + now));
             let before = store.stats().expect("stats").records;
             let due = expires.values().filter(|&&at| at <= now).count() as u64;
             let removed = shared.purge_expired_in(pass, chunk).expect("purge");
@@ -985,19 +994,7 @@ mod tests {
 
     #[test]
     fn a_record_written_again_after_its_row_was_read_is_not_purged() {
-        use crate::clock::ManualClock;
-        use crate::storage::SimDisk;
-        use std::time::UNIX_EPOCH;
-
-        let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
-        let store = Options::new()
-            .clock(clock.clone())
-            .lease(Duration::from_secs(10))
-            .retention(Duration::from_secs(100))
-            .purge_interval(None)
-            .checkpoint_interval(None)
-            .open_storage(SimDisk::new("purge-race"))
-            .expect("open");
+        let (clock, store) = purge_store(Durability::Immediate);
         let shared = store.shared().clone();
         let key = |n: u64| Key::new("client", format!("req-{n}"), "op").expect("key");
         for n in 0..4 {
