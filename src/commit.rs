@@ -63,6 +63,11 @@ const APPLY_CHUNK: usize = 2 * APPLY_BATCH;
 /// thread was asked to (it is behind the writers).
 const APPLY_BACKLOG: usize = 16 * APPLY_BATCH;
 
+/// The backlog beyond which leaders help while a checkpoint holds the index (its durable
+/// commit can take a second on a large index, and a leader that helps waits all of it, and
+/// its batch's callers with it): up to about 100 MiB of changes in memory meanwhile.
+const CHECKPOINT_BACKLOG: usize = 4 * APPLY_BACKLOG;
+
 /// How many of the latest registered wakers a poll looks through for its own before it adds
 /// itself again (a task polled twice for one change; a duplicate only costs a spurious wake).
 const WAKER_REUSE_SCAN: usize = 4;
@@ -100,6 +105,8 @@ pub(crate) struct Shared {
     unapplied: Mutex<Vec<Change>>,
     /// Held while changes are applied to the index; holds the last applied LSN.
     apply: Mutex<u64>,
+    /// Whether a checkpoint holds `apply` (see [`CHECKPOINT_BACKLOG`]).
+    checkpointing: AtomicBool,
     pub io: Mutex<Io>,
     pub index: Index,
     /// The key filter in front of `recent` and the index (see `filter.rs`).
@@ -258,6 +265,7 @@ impl Shared {
             unapplied: Mutex::new(parts.replayed),
             // The index holds everything through the checkpoint, and nothing after it.
             apply: Mutex::new(parts.checkpoint_lsn),
+            checkpointing: AtomicBool::new(false),
             io: Mutex::new(Io {
                 writer: parts.writer,
                 written_lsn: last_lsn,
@@ -496,7 +504,7 @@ impl Shared {
                         FollowUp::Checkpoint => self.checkpoint(),
                         _ => self.apply_pending(Apply::IfIdle),
                     }
-                } else if self.unapplied.lock().len() > APPLY_BACKLOG {
+                } else if self.unapplied.lock().len() > self.backlog_limit() {
                     // The background thread is behind: writers help, and so wait for the
                     // index (backpressure), or memory would grow without bound.
                     self.apply_pending(Apply::Chunk)
@@ -680,7 +688,15 @@ impl Shared {
         } else {
             None
         };
-        if let Err(e) = self.index.apply(&changes, mark) {
+        let applied_now = if mark.is_some() {
+            self.checkpointing.store(true, Ordering::Release);
+            let applied_now = self.index.apply(&changes, mark);
+            self.checkpointing.store(false, Ordering::Release);
+            applied_now
+        } else {
+            self.index.apply(&changes, mark)
+        };
+        if let Err(e) = applied_now {
             self.fail(&e);
             return Err(e);
         }
@@ -689,6 +705,15 @@ impl Shared {
         recent.retain(|_, (lsn, _)| *lsn > last);
         self.recent_len.store(recent.len(), Ordering::Release);
         Ok(())
+    }
+
+    /// The queued changes beyond which a leader applies a chunk itself.
+    fn backlog_limit(&self) -> usize {
+        if self.checkpointing.load(Ordering::Acquire) {
+            CHECKPOINT_BACKLOG
+        } else {
+            APPLY_BACKLOG
+        }
     }
 
     /// Applies acknowledged changes in chunks while at least a batch's worth is queued (the
@@ -1077,8 +1102,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn writers_wait_for_the_index_once_the_backlog_is_full() {
+    /// Stalls the index (as a checkpoint does, if `checkpoint`), lets four writers run until
+    /// they stop, and returns how many changes were queued then.
+    fn backlog_of_a_stalled_index(checkpoint: bool) -> usize {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Options::new()
             .durability(Durability::None)
@@ -1089,6 +1115,7 @@ mod tests {
         // A stalled index: the background thread, and every writer that comes to help it,
         // waits for this.
         let stalled = shared.apply.lock();
+        shared.checkpointing.store(checkpoint, Ordering::Release);
         let written = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let writers: Vec<_> = (0..4)
@@ -1115,12 +1142,9 @@ mod tests {
             std::mem::replace(&mut last, now) == now
         });
         let held = unapplied();
-        assert!(
-            held <= APPLY_BACKLOG + 64,
-            "{held} changes queued for a stalled index: memory is not bounded"
-        );
 
         stop.store(true, Ordering::Relaxed);
+        shared.checkpointing.store(false, Ordering::Release);
         drop(stalled);
         for w in writers {
             w.join().expect("a writer");
@@ -1133,5 +1157,28 @@ mod tests {
             "every acknowledged claim reached the index"
         );
         assert_eq!(unapplied(), 0);
+        held
+    }
+
+    #[test]
+    fn writers_wait_for_the_index_once_the_backlog_is_full() {
+        let held = backlog_of_a_stalled_index(false);
+        assert!(
+            held <= APPLY_BACKLOG + 64,
+            "{held} changes queued for a stalled index: memory is not bounded"
+        );
+    }
+
+    #[test]
+    fn writers_wait_out_a_checkpoint_up_to_a_larger_backlog() {
+        let held = backlog_of_a_stalled_index(true);
+        assert!(
+            held > APPLY_BACKLOG + 64,
+            "writers stopped at {held} changes queued while a checkpoint held the index"
+        );
+        assert!(
+            held <= CHECKPOINT_BACKLOG + 64,
+            "{held} changes queued while a checkpoint held the index: memory is not bounded"
+        );
     }
 }
