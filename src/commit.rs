@@ -688,14 +688,9 @@ impl Shared {
         } else {
             None
         };
-        let applied_now = if mark.is_some() {
-            self.checkpointing.store(true, Ordering::Release);
-            let applied_now = self.index.apply(&changes, mark);
-            self.checkpointing.store(false, Ordering::Release);
-            applied_now
-        } else {
-            self.index.apply(&changes, mark)
-        };
+        self.checkpointing.store(mark.is_some(), Ordering::Release);
+        let applied_now = self.index.apply(&changes, mark);
+        self.checkpointing.store(false, Ordering::Release);
         if let Err(e) = applied_now {
             self.fail(&e);
             return Err(e);

@@ -57,6 +57,7 @@ const META_NEXT_TOKEN: &str = "next_token";
 const META_CHECKSUM: &str = "checkpoint_crc";
 
 /// A row of the `expiry` table: a record's key and the `expires_at` it was written with.
+/// Ordered by key, then `at` (the field order): a purge pass sorts its rows into key order.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Due {
     pub key: Box<[u8]>,
