@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::any::Any;
-use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread;
@@ -12,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use idemstore::storage::{FsStorage, Storage, StorageFile};
+use common::index_hook::HookedIndex;
+use idemstore::storage::FsStorage;
 use idemstore::{Durability, Options, Store};
 
 /// Holds every `sync_data` of the index file while closed: a checkpoint's durable commit that
@@ -54,66 +53,6 @@ impl Gate {
                 "no checkpoint reached its durable commit"
             );
         }
-    }
-}
-
-#[derive(Debug)]
-struct GatedIndex {
-    inner: FsStorage,
-    gate: Arc<Gate>,
-}
-
-#[derive(Debug)]
-struct GatedFile {
-    inner: Arc<dyn StorageFile>,
-    gate: Arc<Gate>,
-}
-
-impl StorageFile for GatedFile {
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
-    }
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.inner.read_exact_at(buf, offset)
-    }
-    fn write_all_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
-        self.inner.write_all_at(data, offset)
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.inner.set_len(len)
-    }
-    fn sync_data(&self) -> io::Result<()> {
-        self.gate.pass();
-        self.inner.sync_data()
-    }
-}
-
-impl Storage for GatedIndex {
-    fn open(&self, name: &str, create: bool) -> io::Result<Arc<dyn StorageFile>> {
-        let file = self.inner.open(name, create)?;
-        Ok(if name == "index.redb" {
-            Arc::new(GatedFile {
-                inner: file,
-                gate: self.gate.clone(),
-            })
-        } else {
-            file
-        })
-    }
-    fn list(&self) -> io::Result<Vec<String>> {
-        self.inner.list()
-    }
-    fn remove(&self, name: &str) -> io::Result<()> {
-        self.inner.remove(name)
-    }
-    fn sync_dir(&self) -> io::Result<()> {
-        self.inner.sync_dir()
-    }
-    fn try_lock(&self) -> io::Result<Option<Box<dyn Any + Send + Sync>>> {
-        self.inner.try_lock()
-    }
-    fn describe(&self) -> String {
-        format!("gated {}", self.inner.describe())
     }
 }
 
@@ -159,9 +98,13 @@ fn settled_checkpoints(store: &Store, n: u64) -> u64 {
 fn batches_committed_while_a_checkpoint_runs_do_not_ask_for_another() {
     let dir = tempfile::tempdir().expect("tempdir");
     let gate = Arc::new(Gate::default());
-    let storage = GatedIndex {
+    let hook_gate = gate.clone();
+    let storage = HookedIndex {
         inner: FsStorage::new(dir.path()).expect("storage"),
-        gate: gate.clone(),
+        hook: Arc::new(move || {
+            hook_gate.pass();
+            Ok(())
+        }),
     };
     let store = Options::new()
         .durability(Durability::Immediate)

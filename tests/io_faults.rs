@@ -4,7 +4,13 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
 
+use common::index_hook::HookedIndex;
 use common::{clock, key, options, sim_store};
 use idemstore::storage::{CrashMode, Fault, FaultError, Op, SimDisk};
 use idemstore::{Begin, Error};
@@ -135,4 +141,97 @@ fn eio_on_open_is_an_error_not_a_panic() {
         disk.clear_faults();
     }
     sim_store(&disk, &clock());
+}
+
+/// The index file's background writeback (a sync every 64 MiB written to it, off the commit
+/// path) fails: no caller is told at once, but the next durable index commit fails, the
+/// handle refuses writes from then on, and every acknowledged write survives a power cut.
+#[test]
+fn a_failed_background_sync_of_the_index_fails_the_next_checkpoint_and_loses_nothing() {
+    const KEYS: u64 = 80;
+    let clock = clock();
+    let disk = SimDisk::new("t").with_helper_threads();
+    // The next sync of the index by the writeback helper fails, once armed.
+    let armed = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicBool::new(false));
+    let hook = {
+        let (armed, failed) = (armed.clone(), failed.clone());
+        move || {
+            if thread::current().name() == Some("idemstore-writeback")
+                && armed.swap(false, Ordering::SeqCst)
+            {
+                failed.store(true, Ordering::SeqCst);
+                return Err(io::Error::from_raw_os_error(5));
+            }
+            Ok(())
+        }
+    };
+    // Outcomes of 1 MiB: 80 MiB of index pages once the keys are applied, past the 64 MiB
+    // after which the helper syncs. A small page cache, so that redb writes them out.
+    let outcome = |n: u64| vec![(n % 251) as u8; 1 << 20];
+    let store = options(&clock)
+        .checkpoint_bytes(u64::MAX)
+        .cache_size(4 << 20)
+        .open_storage(HookedIndex {
+            inner: disk.clone(),
+            hook: Arc::new(hook),
+        })
+        .expect("open");
+    armed.store(true, Ordering::SeqCst);
+    for n in 0..KEYS {
+        let c = common::claim(&store, &key(n), b"req");
+        store.complete(&c, &outcome(n)).expect("complete");
+    }
+    // Applying the changes is what writes the index, and the helper's sync fails meanwhile.
+    // The first call after that which syncs the index itself fails with that cause: the
+    // apply, if it grows the file after the failure, else the checkpoint. A later sync would
+    // succeed, but the failed one may have dropped dirty pages.
+    let applied = store.stats();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !failed.load(Ordering::SeqCst) {
+        assert!(
+            Instant::now() < deadline,
+            "the index was never synced in the background"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    let first = match applied {
+        Err(e) => e,
+        Ok(_) => store
+            .checkpoint()
+            .expect_err("a checkpoint after a failed background sync"),
+    };
+    assert!(
+        matches!(&first, Error::Io(e) if e.to_string().contains("background sync")),
+        "unexpected failure: {first}"
+    );
+    assert!(store.checkpoint().is_err());
+    assert!(matches!(
+        store.begin(&key(KEYS), b"req"),
+        Err(Error::PreviousIo { .. })
+    ));
+    // A read answers from the changes not yet in the index, or is refused if it reaches the
+    // index (redb refuses every transaction once a commit failed): never from a state the
+    // disk may not hold.
+    match store.get(&key(7)) {
+        Ok(Some(record)) => assert_eq!(
+            record.outcome().map(|o| o.data().to_vec()),
+            Some(outcome(7))
+        ),
+        Err(Error::PreviousIo { .. }) => {}
+        other => panic!("a read after the failure: {other:?}"),
+    }
+    drop(store);
+
+    disk.power_cut(CrashMode::DropUnsynced);
+    let store = sim_store(&disk, &clock);
+    for n in 0..KEYS {
+        let record = store.get(&key(n)).expect("get").expect("acknowledged");
+        assert_eq!(
+            record.outcome().map(|o| o.data().to_vec()),
+            Some(outcome(n)),
+            "key {n}"
+        );
+    }
+    assert!(store.get(&key(KEYS)).expect("get").is_none());
 }

@@ -1,6 +1,8 @@
 //! Shared test helpers.
 #![allow(dead_code)]
 
+pub mod index_hook;
+
 use std::time::{Duration, UNIX_EPOCH};
 
 use idemstore::storage::SimDisk;
