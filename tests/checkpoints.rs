@@ -1,21 +1,23 @@
-//! Checkpoint pacing: one checkpoint per `checkpoint_bytes` of log, however long a checkpoint's
-//! durable index commit takes.
+//! Checkpoints and the commit path: one checkpoint per `checkpoint_bytes` of log, however long
+//! a checkpoint's durable index commit takes, and group commits that go on while a checkpoint
+//! removes the log segments it made redundant.
 
 mod common;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use common::index_hook::HookedIndex;
+use common::hooked::{Hook, Hooked};
 use idemstore::storage::FsStorage;
 use idemstore::{Durability, Options, Store};
 
-/// Holds every `sync_data` of the index file while closed: a checkpoint's durable commit that
-/// takes as long as the test wants.
+/// Holds every call it is hooked into while closed: a checkpoint's durable commit, or its
+/// removal of old segments, that takes as long as the test wants.
 #[derive(Debug, Default)]
 struct Gate {
     state: Mutex<GateState>,
@@ -39,6 +41,15 @@ impl Gate {
         state.waiting -= 1;
     }
 
+    /// A hook that passes this gate.
+    fn hook(self: &Arc<Self>) -> Hook {
+        let gate = self.clone();
+        Arc::new(move || {
+            gate.pass();
+            Ok(())
+        })
+    }
+
     fn set_closed(&self, closed: bool) {
         self.state.lock().closed = closed;
         self.changed.notify_all();
@@ -50,7 +61,7 @@ impl Gate {
         while state.waiting == 0 {
             assert!(
                 !self.changed.wait_until(&mut state, deadline).timed_out(),
-                "no checkpoint reached its durable commit"
+                "no call reached the gate"
             );
         }
     }
@@ -98,13 +109,9 @@ fn settled_checkpoints(store: &Store, n: u64) -> u64 {
 fn batches_committed_while_a_checkpoint_runs_do_not_ask_for_another() {
     let dir = tempfile::tempdir().expect("tempdir");
     let gate = Arc::new(Gate::default());
-    let hook_gate = gate.clone();
-    let storage = HookedIndex {
-        inner: FsStorage::new(dir.path()).expect("storage"),
-        hook: Arc::new(move || {
-            hook_gate.pass();
-            Ok(())
-        }),
+    let storage = Hooked {
+        index_sync: gate.hook(),
+        ..Hooked::new(FsStorage::new(dir.path()).expect("storage"))
     };
     let store = Options::new()
         .durability(Durability::Immediate)
@@ -134,5 +141,58 @@ fn batches_committed_while_a_checkpoint_runs_do_not_ask_for_another() {
     // Pacing still works afterwards: another checkpoint's worth brings exactly one more.
     write_log(&store, dir.path(), &mut next, CHECKPOINT_BYTES);
     assert_eq!(settled_checkpoints(&store, before + 2), before + 2);
+    store.close().expect("close");
+}
+
+#[test]
+fn writes_go_on_while_a_checkpoint_removes_old_segments() {
+    const SEGMENT: u64 = 64 << 10;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gate = Arc::new(Gate::default());
+    let storage = Hooked {
+        remove: gate.hook(),
+        ..Hooked::new(FsStorage::new(dir.path()).expect("storage"))
+    };
+    let store = Options::new()
+        .durability(Durability::Immediate)
+        .checkpoint_bytes(u64::MAX)
+        .checkpoint_interval(None)
+        .purge_interval(None)
+        .segment_size(SEGMENT)
+        .open_storage(storage)
+        .expect("open");
+    let mut next = 0;
+    write_log(&store, dir.path(), &mut next, 4 * SEGMENT);
+    let segments = store.stats().expect("stats").segments;
+    assert!(segments >= 4, "{segments} segments");
+
+    // The checkpoint stops in the removal of the first segment behind it (and, before the
+    // fix, held the log writer's lock meanwhile).
+    gate.set_closed(true);
+    let checkpointing = {
+        let store = store.clone();
+        thread::spawn(move || store.checkpoint())
+    };
+    gate.wait_for_a_waiter();
+    let (done, went_on) = mpsc::channel();
+    let writing = {
+        let store = store.clone();
+        let key = common::key(next);
+        thread::spawn(move || {
+            let claim = common::claim(&store, &key, b"request");
+            let written = store.complete(&claim, b"done").map(drop);
+            let _ = done.send(());
+            written
+        })
+    };
+    let went_on = went_on.recv_timeout(Duration::from_secs(10)).is_ok();
+    gate.set_closed(false);
+    checkpointing.join().expect("join").expect("checkpoint");
+    writing.join().expect("join").expect("write");
+    assert!(
+        went_on,
+        "a write waited for the checkpoint to delete old segments"
+    );
+    assert_eq!(store.stats().expect("stats").segments, 1);
     store.close().expect("close");
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::index_hook::HookedIndex;
+use common::hooked::Hooked;
 use common::{clock, key, options, sim_store};
 use idemstore::storage::{CrashMode, Fault, FaultError, Op, SimDisk};
 use idemstore::{Begin, Error};
@@ -172,9 +172,9 @@ fn a_failed_background_sync_of_the_index_fails_the_next_checkpoint_and_loses_not
     let store = options(&clock)
         .checkpoint_bytes(u64::MAX)
         .cache_size(4 << 20)
-        .open_storage(HookedIndex {
-            inner: disk.clone(),
-            hook: Arc::new(hook),
+        .open_storage(Hooked {
+            index_sync: Arc::new(hook),
+            ..Hooked::new(disk.clone())
         })
         .expect("open");
     armed.store(true, Ordering::SeqCst);

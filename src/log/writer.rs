@@ -91,9 +91,18 @@ impl Writer {
         self.file.sync_data()
     }
 
-    /// Removes the segments whose every frame is at or before `checkpoint_lsn`: those followed
-    /// by a segment that starts at or before `checkpoint_lsn + 1`. Returns how many.
+    /// Removes the segments whose every frame is at or before `checkpoint_lsn` (see
+    /// [`Writer::take_behind`]). Returns how many.
     pub fn remove_behind(&mut self, checkpoint_lsn: u64) -> io::Result<usize> {
+        let behind = self.take_behind(checkpoint_lsn);
+        remove_segments(self.storage.as_ref(), &behind)?;
+        Ok(behind.len())
+    }
+
+    /// Forgets the segments whose every frame is at or before `checkpoint_lsn` (those
+    /// followed by a segment that starts at or before `checkpoint_lsn + 1`) and returns their
+    /// names, for [`remove_segments`] to delete without holding the writer.
+    pub fn take_behind(&mut self, checkpoint_lsn: u64) -> Vec<String> {
         let mut removable = 0;
         while let Some(next) = self.segments.get(removable + 1) {
             if next.0 > checkpoint_lsn.saturating_add(1) {
@@ -101,22 +110,29 @@ impl Writer {
             }
             removable += 1;
         }
-        for (_, name) in self.segments.get(..removable).unwrap_or_default() {
-            match self.storage.remove(name) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if removable > 0 {
-            self.segments.drain(..removable);
-            self.storage.sync_dir()?;
-        }
-        Ok(removable)
+        self.segments
+            .drain(..removable)
+            .map(|(_, name)| name)
+            .collect()
     }
 
     /// The number of segments and the bytes of the current one.
     pub fn footprint(&self) -> (usize, u64) {
         (self.segments.len(), self.offset)
     }
+}
+
+/// Deletes the named segments (one already gone is fine) and makes that durable.
+pub(crate) fn remove_segments(storage: &dyn Storage, names: &[String]) -> io::Result<()> {
+    for name in names {
+        match storage.remove(name) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if !names.is_empty() {
+        storage.sync_dir()?;
+    }
+    Ok(())
 }

@@ -1,7 +1,7 @@
 //! Shared test helpers.
 #![allow(dead_code)]
 
-pub mod index_hook;
+pub mod hooked;
 
 use std::time::{Duration, UNIX_EPOCH};
 

@@ -1,5 +1,6 @@
-//! A storage whose index file calls a test's hook before each of its syncs: a way into the
-//! index's durable commits (checkpoints) and its background writeback.
+//! A storage that calls a test's hooks: before each sync of the index file (a way into the
+//! index's durable commits, checkpoints, and its background writeback), and before each
+//! removal of a file (a way into the removal of log segments after a checkpoint).
 
 use std::any::Any;
 use std::fmt;
@@ -8,14 +9,27 @@ use std::sync::Arc;
 
 use idemstore::storage::{Storage, StorageFile};
 
-/// What runs before each `sync_data` of `index.redb`; an error fails the sync without it
-/// reaching the storage.
+/// What runs before the call it hooks; an error fails the call without it reaching the
+/// storage.
 pub type Hook = Arc<dyn Fn() -> io::Result<()> + Send + Sync>;
 
-/// `inner`, with `hook` run before each sync of the index file.
-pub struct HookedIndex<S> {
+/// `inner`, with `index_sync` run before each sync of the index file and `remove` before each
+/// removal of a file.
+pub struct Hooked<S> {
     pub inner: S,
-    pub hook: Hook,
+    pub index_sync: Hook,
+    pub remove: Hook,
+}
+
+impl<S> Hooked<S> {
+    /// `inner` with hooks that do nothing.
+    pub fn new(inner: S) -> Hooked<S> {
+        Hooked {
+            inner,
+            index_sync: Arc::new(|| Ok(())),
+            remove: Arc::new(|| Ok(())),
+        }
+    }
 }
 
 struct HookedFile {
@@ -31,9 +45,9 @@ impl fmt::Debug for HookedFile {
     }
 }
 
-impl<S: fmt::Debug> fmt::Debug for HookedIndex<S> {
+impl<S: fmt::Debug> fmt::Debug for Hooked<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HookedIndex")
+        f.debug_struct("Hooked")
             .field("inner", &self.inner)
             .finish_non_exhaustive()
     }
@@ -58,13 +72,13 @@ impl StorageFile for HookedFile {
     }
 }
 
-impl<S: Storage> Storage for HookedIndex<S> {
+impl<S: Storage> Storage for Hooked<S> {
     fn open(&self, name: &str, create: bool) -> io::Result<Arc<dyn StorageFile>> {
         let file = self.inner.open(name, create)?;
         Ok(if name == "index.redb" {
             Arc::new(HookedFile {
                 inner: file,
-                hook: self.hook.clone(),
+                hook: self.index_sync.clone(),
             })
         } else {
             file
@@ -74,6 +88,7 @@ impl<S: Storage> Storage for HookedIndex<S> {
         self.inner.list()
     }
     fn remove(&self, name: &str) -> io::Result<()> {
+        (self.remove)()?;
         self.inner.remove(name)
     }
     fn sync_dir(&self) -> io::Result<()> {
