@@ -68,6 +68,10 @@ const APPLY_BACKLOG: usize = 16 * APPLY_BATCH;
 /// its batch's callers with it): up to about 100 MiB of changes in memory meanwhile.
 const CHECKPOINT_BACKLOG: usize = 4 * APPLY_BACKLOG;
 
+/// How often a leader waiting to help a busy index looks again at the backlog (see
+/// [`Apply::Help`]).
+const HELP_POLL: Duration = Duration::from_millis(1);
+
 /// How many of the latest registered wakers a poll looks through for its own before it adds
 /// itself again (a task polled twice for one change; a duplicate only costs a spurious wake).
 const WAKER_REUSE_SCAN: usize = 4;
@@ -507,7 +511,7 @@ impl Shared {
                 } else if self.unapplied.lock().len() > self.backlog_limit() {
                     // The background thread is behind: writers help, and so wait for the
                     // index (backpressure), or memory would grow without bound.
-                    self.apply_pending(Apply::Chunk)
+                    self.apply_pending(Apply::Help)
                 } else {
                     Ok(())
                 };
@@ -652,11 +656,24 @@ impl Shared {
                 Some(guard) => guard,
                 None => return Ok(()),
             },
+            // Not queued behind whoever holds the index (a checkpoint's durable commit can take
+            // a second or more): until the backlog is back under the limit, which a checkpoint
+            // raises, or the index is free to apply a chunk.
+            Apply::Help => loop {
+                if self.unapplied.lock().len() <= self.backlog_limit() {
+                    return Ok(());
+                }
+                if let Some(guard) = self.apply.try_lock_for(HELP_POLL) {
+                    break guard;
+                }
+            },
             Apply::Chunk | Apply::Wait | Apply::Checkpoint => self.apply.lock(),
         };
         let changes = {
             let mut unapplied = self.unapplied.lock();
-            if matches!(mode, Apply::IfIdle | Apply::Chunk) && unapplied.len() > APPLY_CHUNK {
+            if matches!(mode, Apply::IfIdle | Apply::Chunk | Apply::Help)
+                && unapplied.len() > APPLY_CHUNK
+            {
                 unapplied.drain(..APPLY_CHUNK).collect()
             } else {
                 mem::take(&mut *unapplied)
@@ -869,6 +886,9 @@ pub(crate) enum Apply {
     IfIdle,
     /// As `IfIdle`, but wait for a running apply (the background thread).
     Chunk,
+    /// As `Chunk`, but only while the backlog is over [`Shared::backlog_limit`], and never
+    /// waiting longer for a running apply than that (a leader's backpressure).
+    Help,
     /// Wait for a running apply, then apply the rest (before scans of the index).
     Wait,
     /// As `Wait`, and commit even when nothing is queued (to record the checkpoint).
@@ -1102,15 +1122,42 @@ mod tests {
         );
     }
 
-    /// Stalls the index (as a checkpoint does, if `checkpoint`), lets four writers run until
-    /// they stop, and returns how many changes were queued then.
-    fn backlog_of_a_stalled_index(checkpoint: bool) -> usize {
+    /// A store for the backlog tests: writes that never wait for a sync.
+    fn backlog_store() -> (tempfile::TempDir, crate::Store) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Options::new()
             .durability(Durability::None)
             .cache_size(16 << 20)
             .open(dir.path())
             .expect("open");
+        (dir, store)
+    }
+
+    /// A thread that claims new keys (`t` tells its keys apart from other threads') until
+    /// `stop`, counting them in `written`.
+    fn claim_new_keys(
+        store: &crate::Store,
+        t: usize,
+        written: &Arc<AtomicU64>,
+        stop: &Arc<AtomicBool>,
+    ) -> thread::JoinHandle<()> {
+        let (store, written, stop) = (store.clone(), written.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let key = Key::new("backlog", format!("{t}-{n}"), "op").expect("key");
+                let begun = store.begin(&key, b"req").expect("begin");
+                assert!(matches!(begun, Begin::Claimed(_)), "{begun:?}");
+                written.fetch_add(1, Ordering::Relaxed);
+                n += 1;
+            }
+        })
+    }
+
+    /// Stalls the index (as a checkpoint does, if `checkpoint`), lets four writers run until
+    /// they stop, and returns how many changes were queued then.
+    fn backlog_of_a_stalled_index(checkpoint: bool) -> usize {
+        let (_dir, store) = backlog_store();
         let shared = store.shared().clone();
         // A stalled index: the background thread, and every writer that comes to help it,
         // waits for this.
@@ -1119,19 +1166,7 @@ mod tests {
         let written = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let writers: Vec<_> = (0..4)
-            .map(|t| {
-                let (store, written, stop) = (store.clone(), written.clone(), stop.clone());
-                thread::spawn(move || {
-                    let mut n = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        let key = Key::new("backlog", format!("{t}-{n}"), "op").expect("key");
-                        let begun = store.begin(&key, b"req").expect("begin");
-                        assert!(matches!(begun, Begin::Claimed(_)), "{begun:?}");
-                        written.fetch_add(1, Ordering::Relaxed);
-                        n += 1;
-                    }
-                })
-            })
+            .map(|t| claim_new_keys(&store, t, &written, &stop))
             .collect();
         let unapplied = || shared.unapplied.lock().len();
         eventually("the backlog never filled", || unapplied() > APPLY_BACKLOG);
@@ -1179,6 +1214,33 @@ mod tests {
         assert!(
             held <= CHECKPOINT_BACKLOG + 64,
             "{held} changes queued while a checkpoint held the index: memory is not bounded"
+        );
+    }
+
+    #[test]
+    fn writers_stopped_by_a_full_backlog_go_on_once_a_checkpoint_raises_the_limit() {
+        let (_dir, store) = backlog_store();
+        let shared = store.shared().clone();
+        // The index is busy with an apply (held here), and the backlog fills behind it.
+        let busy = shared.apply.lock();
+        let written = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = claim_new_keys(&store, 0, &written, &stop);
+        let unapplied = || shared.unapplied.lock().len();
+        eventually("the backlog never filled", || unapplied() > APPLY_BACKLOG);
+        // Now the apply holding the index is a checkpoint: the writer, waiting to help, sees
+        // the larger limit and goes on, instead of waiting for the index to be free.
+        shared.checkpointing.store(true, Ordering::Release);
+        eventually("the writer still waits for the busy index", || {
+            unapplied() > APPLY_BACKLOG + 1024
+        });
+        stop.store(true, Ordering::Relaxed);
+        shared.checkpointing.store(false, Ordering::Release);
+        drop(busy);
+        writer.join().expect("the writer");
+        assert_eq!(
+            store.stats().expect("stats").in_progress,
+            written.load(Ordering::Relaxed)
         );
     }
 }
