@@ -1,5 +1,6 @@
 //! Facts about the machine and the process: CPU, file system, memory, disk usage.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -99,6 +100,62 @@ pub fn reset_peak_rss() {
     let _ = fs::write("/proc/self/clear_refs", "5");
 }
 
+/// CPU time used by this process's threads so far, in seconds (user, system), summed per
+/// thread name (`comm`, at most 15 bytes: `idemstore-maint` is the store's background apply
+/// and checkpoint thread, `idemstore-commi` its async committer, `idemstore-write` the index
+/// writeback helper; caller threads carry the harness's own name). Threads that exited are
+/// not counted, so take both readings while the threads being measured run.
+pub fn thread_cpu() -> BTreeMap<String, (f64, f64)> {
+    // Linux reports the times in USER_HZ ticks, 100 per second on every architecture.
+    const TICKS_PER_SEC: f64 = 100.0;
+    let mut by_name: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    let Ok(tasks) = fs::read_dir("/proc/self/task") else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        // A thread that exited meanwhile has no stat to read.
+        if let Some((name, user, sys)) = fs::read_to_string(task.path().join("stat"))
+            .ok()
+            .as_deref()
+            .and_then(task_times)
+        {
+            let entry = by_name.entry(name).or_default();
+            entry.0 += user / TICKS_PER_SEC;
+            entry.1 += sys / TICKS_PER_SEC;
+        }
+    }
+    by_name
+}
+
+/// A thread's name and its user and system time in ticks, from `/proc/…/task/…/stat`:
+/// `tid (comm) state ppid …`. The name may hold spaces and parentheses, so the fields are
+/// counted from the last `)`; utime and stime are the 12th and 13th after it.
+fn task_times(stat: &str) -> Option<(String, f64, f64)> {
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let name = stat.get(open + 1..close)?.to_string();
+    let mut fields = stat.get(close + 1..)?.split_whitespace().skip(11);
+    let user = fields.next()?.parse().ok()?;
+    let sys = fields.next()?.parse().ok()?;
+    Some((name, user, sys))
+}
+
+/// What each thread name used between two readings of [`thread_cpu`], busiest first.
+pub fn cpu_between(
+    before: &BTreeMap<String, (f64, f64)>,
+    after: &BTreeMap<String, (f64, f64)>,
+) -> Vec<(String, f64, f64)> {
+    let mut used: Vec<(String, f64, f64)> = after
+        .iter()
+        .map(|(name, &(u, s))| {
+            let (u0, s0) = before.get(name).copied().unwrap_or_default();
+            (name.clone(), (u - u0).max(0.0), (s - s0).max(0.0))
+        })
+        .filter(|(_, u, s)| u + s > 0.0)
+        .collect();
+    used.sort_by(|a, b| (b.1 + b.2).total_cmp(&(a.1 + a.2)));
+    used
+}
+
 /// Bytes allocated on disk (st_blocks × 512) by the files under `dir`, and their apparent size.
 pub fn disk_usage(dir: &Path) -> (u64, u64) {
     let mut allocated = 0;
@@ -145,4 +202,38 @@ pub fn file_breakdown(dir: &Path) -> String {
         .map(|(bytes, name)| format!("{name} {:.1} MiB", *bytes as f64 / (1 << 20) as f64))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_times_reads_utime_and_stime_after_a_name_with_spaces_and_parentheses() {
+        let stat = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194368 10 0 0 0 123 45 0 0 20 0 3 0";
+        assert_eq!(
+            task_times(stat),
+            Some(("my (odd) name".to_string(), 123.0, 45.0))
+        );
+        assert_eq!(task_times("4242 (short) S 1 2"), None);
+        assert_eq!(task_times("garbage"), None);
+    }
+
+    #[test]
+    fn a_spinning_thread_shows_up_and_cpu_between_keeps_only_what_grew() {
+        let before = thread_cpu();
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < std::time::Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let used = cpu_between(&before, &thread_cpu());
+        let total: f64 = used.iter().map(|(_, u, s)| u + s).sum();
+        assert!(
+            total >= 0.2,
+            "300 ms of spinning showed as {total} s: {used:?}"
+        );
+        assert!(used.iter().all(|(_, u, s)| u + s > 0.0));
+        assert!(used.windows(2).all(|w| w[0].1 + w[0].2 >= w[1].1 + w[1].2));
+    }
 }

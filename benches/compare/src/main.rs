@@ -5,6 +5,7 @@
 //! cargo run --release -- [--quick] [--keys N] [--callers 1,8,64] [--tail-records N]
 //!     [--big-index N] [--purge N] [--lookup-secs S] [--write-secs S] [--data-dir DIR]
 //!     [--out DIR] [--only idem,redb,sqlite,redis,postgres,map,reopen,purge] [--keep]
+//!     [--skip-physical]
 //! ```
 //!
 //! Redis and PostgreSQL are used only when `IDEMSTORE_REDIS_URL` / `IDEMSTORE_POSTGRES_URL`
@@ -33,7 +34,7 @@ use workload::{
 
 const USAGE: &str = "usage: idemstore-bench-compare [--quick] [--keys N] [--callers 1,8,64] \
 [--tail-records N] [--big-index N] [--purge N] [--lookup-secs S] [--write-secs S] \
-[--data-dir DIR] [--out DIR] [--only LIST] [--keep]";
+[--data-dir DIR] [--out DIR] [--only LIST] [--keep] [--skip-physical]";
 
 #[derive(Debug, Clone)]
 struct Args {
@@ -49,6 +50,9 @@ struct Args {
     out: PathBuf,
     only: Option<Vec<String>>,
     keep: bool,
+    /// Skip the physical limits (for A/B runs of the store alone: its rows then have no peer
+    /// and the bars say "not measured").
+    skip_physical: bool,
 }
 
 fn parse_count(s: &str) -> Res<u64> {
@@ -78,6 +82,7 @@ fn parse_args() -> Res<Args> {
         out: tmp.join("idemstore-bench-results"),
         only: None,
         keep: false,
+        skip_physical: false,
     };
     let mut it = argv.iter();
     while let Some(flag) = it.next() {
@@ -88,6 +93,7 @@ fn parse_args() -> Res<Args> {
         match flag.as_str() {
             "--quick" => {}
             "--keep" => a.keep = true,
+            "--skip-physical" => a.skip_physical = true,
             "--keys" => a.keys = parse_count(value()?)?,
             "--tail-records" => a.tail_records = parse_count(value()?)?,
             "--big-index" => a.big_index = parse_count(value()?)?,
@@ -150,11 +156,19 @@ impl Run {
     }
 
     fn row(&mut self, group: &str, subject: &str, m: &Measured, note: String) {
-        let note = if m.errors > 0 {
+        let mut note = if m.errors > 0 {
             format!("{note} ({} errors)", m.errors)
         } else {
             note
         };
+        let cpu = m.cpu_per_op();
+        if !cpu.is_empty() {
+            note = if note.is_empty() {
+                cpu
+            } else {
+                format!("{note}; {cpu}")
+            };
+        }
         self.rows.push(Row {
             group: group.into(),
             subject: subject.into(),
@@ -447,6 +461,9 @@ fn iso_now() -> String {
 // ---------------------------------------------------------------- the physical limits
 
 fn physical(run: &mut Run, when: &str) -> Res<()> {
+    if run.args.skip_physical {
+        return Ok(());
+    }
     let group = "Physical limits of this disk (one writer; records of idemstore's frame sizes)";
     for (subject, records, prealloc) in [
         (PHYS_ONE, 1usize, false),

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use idemstore::Key;
 
+use crate::machine::{cpu_between, thread_cpu};
+
 pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// The stored outcome of every completed operation.
@@ -64,9 +66,40 @@ pub struct Measured {
     pub elapsed: Duration,
     pub samples: Vec<u64>,
     pub errors: u64,
+    /// CPU seconds (user, system) per thread name over the measured time, busiest first: where
+    /// the machine's cores went (see [`crate::machine::thread_cpu`]).
+    pub cpu: Vec<(String, f64, f64)>,
 }
 
 impl Measured {
+    /// Where the CPU went, per op: each busy thread name's microseconds of CPU per op (and the
+    /// system share of them), then the total and the cores it kept busy. Empty without ops.
+    pub fn cpu_per_op(&self) -> String {
+        if self.ops == 0 || self.cpu.is_empty() {
+            return String::new();
+        }
+        let per_op = |secs: f64| secs * 1e6 / self.ops as f64;
+        let mut parts: Vec<String> = self
+            .cpu
+            .iter()
+            .filter(|(_, u, s)| per_op(u + s) >= 0.05)
+            .map(|(name, u, s)| {
+                format!(
+                    "{name} {:.1} µs ({:.0}% sys)",
+                    per_op(u + s),
+                    100.0 * s / (u + s)
+                )
+            })
+            .collect();
+        let total: f64 = self.cpu.iter().map(|(_, u, s)| u + s).sum();
+        parts.push(format!(
+            "total {:.1} µs, {:.2} cores busy",
+            per_op(total),
+            total / self.elapsed.as_secs_f64().max(1e-9)
+        ));
+        format!("CPU per op: {}", parts.join(", "))
+    }
+
     pub fn ops_per_sec(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
@@ -80,9 +113,10 @@ impl Measured {
         self.samples[at.min(self.samples.len() - 1)] as f64 / 1000.0
     }
 
-    fn merge(parts: Vec<Measured>, elapsed: Duration) -> Measured {
+    fn merge(parts: Vec<Measured>, elapsed: Duration, cpu: Vec<(String, f64, f64)>) -> Measured {
         let mut all = Measured {
             elapsed,
+            cpu,
             ..Measured::default()
         };
         for p in parts {
@@ -152,7 +186,7 @@ where
     let measuring = AtomicBool::new(false);
     let stop = AtomicBool::new(false);
     let barrier = std::sync::Barrier::new(threads + 1);
-    let results: Vec<Res<Measured>> = thread::scope(|s| {
+    let results: (Vec<Res<Measured>>, _) = thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let (make, op, barrier, measuring, stop) =
@@ -174,11 +208,13 @@ where
             .collect();
         barrier.wait();
         thread::sleep(warm_up);
+        let cpu_before = thread_cpu();
         measuring.store(true, Ordering::Relaxed);
         let started = Instant::now();
         thread::sleep(budget);
         stop.store(true, Ordering::Relaxed);
         let elapsed = started.elapsed();
+        let cpu = cpu_between(&cpu_before, &thread_cpu());
         let mut out: Vec<Res<Measured>> = handles
             .into_iter()
             .map(|h| h.join().unwrap_or_else(|_| Err("a worker panicked".into())))
@@ -187,14 +223,15 @@ where
         for m in out.iter_mut().flatten() {
             m.elapsed = elapsed;
         }
-        out
+        (out, cpu)
     });
+    let (results, cpu) = results;
     let mut parts = Vec::new();
     for r in results {
         parts.push(r?);
     }
     let elapsed = parts.first().map_or(Duration::ZERO, |p| p.elapsed);
-    Ok(Measured::merge(parts, elapsed))
+    Ok(Measured::merge(parts, elapsed, cpu))
 }
 
 /// Runs `op(i)` for every `i` in `0..n` on `threads` threads; returns the wall time.
@@ -258,14 +295,41 @@ where
         })
         .collect();
     thread::sleep(budget / 4);
+    let cpu_before = thread_cpu();
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
     thread::sleep(budget);
     stop.store(true, Ordering::Relaxed);
     let elapsed = started.elapsed();
+    let cpu = cpu_between(&cpu_before, &thread_cpu());
     let mut parts = Vec::new();
     for h in handles {
         parts.push(runtime.block_on(h)??);
     }
-    Ok(Measured::merge(parts, elapsed))
+    Ok(Measured::merge(parts, elapsed, cpu))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_per_op_divides_each_threads_time_by_the_ops() {
+        let m = Measured {
+            ops: 1000,
+            elapsed: Duration::from_secs(1),
+            cpu: vec![
+                ("apply".into(), 0.015, 0.005),
+                ("callers".into(), 0.004, 0.006),
+                ("idle".into(), 0.00001, 0.0),
+            ],
+            ..Measured::default()
+        };
+        assert_eq!(
+            m.cpu_per_op(),
+            "CPU per op: apply 20.0 µs (25% sys), callers 10.0 µs (60% sys), \
+             total 30.0 µs, 0.03 cores busy"
+        );
+        assert_eq!(Measured::default().cpu_per_op(), "");
+    }
 }
