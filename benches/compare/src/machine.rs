@@ -100,31 +100,30 @@ pub fn reset_peak_rss() {
     let _ = fs::write("/proc/self/clear_refs", "5");
 }
 
-/// CPU time used by this process's threads so far, in seconds (user, system), summed per
-/// thread name (`comm`, at most 15 bytes: `idemstore-maint` is the store's background apply
-/// and checkpoint thread, `idemstore-commi` its async committer, `idemstore-write` the index
-/// writeback helper; caller threads carry the harness's own name). Threads that exited are
-/// not counted, so take both readings while the threads being measured run.
-pub fn thread_cpu() -> BTreeMap<String, (f64, f64)> {
+/// CPU time used so far by each live thread of this process: thread id → (name, user
+/// seconds, system seconds). The name is the thread's `comm`, at most 15 bytes:
+/// `idemstore-maint` is the store's background apply and checkpoint thread, `idemstore-commi`
+/// its async committer, `idemstore-write` the index writeback helper; caller threads carry
+/// the harness's own name.
+pub fn thread_cpu() -> BTreeMap<u64, (String, f64, f64)> {
     // Linux reports the times in USER_HZ ticks, 100 per second on every architecture.
     const TICKS_PER_SEC: f64 = 100.0;
-    let mut by_name: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    let mut threads = BTreeMap::new();
     let Ok(tasks) = fs::read_dir("/proc/self/task") else {
-        return by_name;
+        return threads;
     };
     for task in tasks.flatten() {
+        let tid = task.file_name().to_string_lossy().parse::<u64>();
         // A thread that exited meanwhile has no stat to read.
-        if let Some((name, user, sys)) = fs::read_to_string(task.path().join("stat"))
+        let times = fs::read_to_string(task.path().join("stat"))
             .ok()
             .as_deref()
-            .and_then(task_times)
-        {
-            let entry = by_name.entry(name).or_default();
-            entry.0 += user / TICKS_PER_SEC;
-            entry.1 += sys / TICKS_PER_SEC;
+            .and_then(task_times);
+        if let (Ok(tid), Some((name, user, sys))) = (tid, times) {
+            threads.insert(tid, (name, user / TICKS_PER_SEC, sys / TICKS_PER_SEC));
         }
     }
-    by_name
+    threads
 }
 
 /// A thread's name and its user and system time in ticks, from `/proc/…/task/…/stat`:
@@ -139,18 +138,28 @@ fn task_times(stat: &str) -> Option<(String, f64, f64)> {
     Some((name, user, sys))
 }
 
-/// What each thread name used between two readings of [`thread_cpu`], busiest first.
+/// What the threads used between two readings of [`thread_cpu`], summed per thread name,
+/// busiest first. Each thread counts what it used since the first reading (all of it, if it
+/// started after); a thread that exited before the second reading is missing from it, and
+/// so is what it used in between.
 pub fn cpu_between(
-    before: &BTreeMap<String, (f64, f64)>,
-    after: &BTreeMap<String, (f64, f64)>,
+    before: &BTreeMap<u64, (String, f64, f64)>,
+    after: &BTreeMap<u64, (String, f64, f64)>,
 ) -> Vec<(String, f64, f64)> {
-    let mut used: Vec<(String, f64, f64)> = after
-        .iter()
-        .map(|(name, &(u, s))| {
-            let (u0, s0) = before.get(name).copied().unwrap_or_default();
-            (name.clone(), (u - u0).max(0.0), (s - s0).max(0.0))
-        })
-        .filter(|(_, u, s)| u + s > 0.0)
+    let mut by_name: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+    for (tid, (name, u, s)) in after {
+        let (u0, s0) = match before.get(tid) {
+            Some((_, u0, s0)) => (*u0, *s0),
+            None => (0.0, 0.0),
+        };
+        let entry = by_name.entry(name).or_default();
+        entry.0 += (u - u0).max(0.0);
+        entry.1 += (s - s0).max(0.0);
+    }
+    let mut used: Vec<(String, f64, f64)> = by_name
+        .into_iter()
+        .filter(|(_, (u, s))| u + s > 0.0)
+        .map(|(name, (u, s))| (name.to_string(), u, s))
         .collect();
     used.sort_by(|a, b| (b.1 + b.2).total_cmp(&(a.1 + a.2)));
     used
@@ -217,6 +226,26 @@ mod tests {
         );
         assert_eq!(task_times("4242 (short) S 1 2"), None);
         assert_eq!(task_times("garbage"), None);
+    }
+
+    #[test]
+    fn a_thread_that_exits_does_not_take_its_namesakes_time_away() {
+        let tick = |name: &str, t: f64| (name.to_string(), t, 0.0);
+        let before = BTreeMap::from([
+            (1, tick("a", 5.0)),
+            (2, tick("a", 7.0)),
+            (3, tick("b", 1.0)),
+        ]);
+        // Thread 2 exited; thread 4 started; thread 1 used 0.5 s more.
+        let after = BTreeMap::from([
+            (1, tick("a", 5.5)),
+            (3, tick("b", 1.0)),
+            (4, tick("a", 0.25)),
+        ]);
+        assert_eq!(
+            cpu_between(&before, &after),
+            vec![("a".to_string(), 0.75, 0.0)]
+        );
     }
 
     #[test]

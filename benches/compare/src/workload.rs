@@ -82,19 +82,19 @@ impl Measured {
         let mut parts: Vec<String> = self
             .cpu
             .iter()
-            .filter(|(_, u, s)| per_op(u + s) >= 0.05)
+            .filter(|(_, u, s)| per_op(u + s) >= 0.005)
             .map(|(name, u, s)| {
                 format!(
-                    "{name} {:.1} µs ({:.0}% sys)",
-                    per_op(u + s),
+                    "{name} {} µs ({:.0}% sys)",
+                    micros(per_op(u + s)),
                     100.0 * s / (u + s)
                 )
             })
             .collect();
         let total: f64 = self.cpu.iter().map(|(_, u, s)| u + s).sum();
         parts.push(format!(
-            "total {:.1} µs, {:.2} cores busy",
-            per_op(total),
+            "total {} µs, {:.2} cores busy",
+            micros(per_op(total)),
             total / self.elapsed.as_secs_f64().max(1e-9)
         ));
         format!("CPU per op: {}", parts.join(", "))
@@ -126,6 +126,15 @@ impl Measured {
         }
         all.samples.sort_unstable();
         all
+    }
+}
+
+/// Microseconds with one decimal, or two below 1 µs (lookups cost a fraction of one).
+fn micros(us: f64) -> String {
+    if us < 1.0 {
+        format!("{us:.2}")
+    } else {
+        format!("{us:.1}")
     }
 }
 
@@ -321,7 +330,7 @@ mod tests {
             cpu: vec![
                 ("apply".into(), 0.015, 0.005),
                 ("callers".into(), 0.004, 0.006),
-                ("idle".into(), 0.00001, 0.0),
+                ("idle".into(), 0.000001, 0.0),
             ],
             ..Measured::default()
         };
