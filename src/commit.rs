@@ -816,11 +816,12 @@ impl Shared {
         Ok(())
     }
 
-    /// On close: compacts the index file (see [`Index::compact`]) when TTL compaction removed
-    /// at least a quarter as many records since open as remain, and at least
-    /// [`COMPACT_AFTER_PURGED`]: redb reuses freed pages but never shrinks its file.
+    /// On close, unless [`Options::compact_on_close`] is off: compacts the index file (see
+    /// [`Index::compact`]) when TTL compaction removed at least a quarter as many records
+    /// since open as remain, and at least [`COMPACT_AFTER_PURGED`]: redb reuses freed pages
+    /// but never shrinks its file.
     pub fn compact_if_sparse(&self) -> Result<()> {
-        if self.options.read_only {
+        if self.options.read_only || !self.options.compact_on_close {
             return Ok(());
         }
         let purged = self.counters.purged.load(Ordering::Relaxed);

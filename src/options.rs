@@ -58,6 +58,7 @@ pub struct Options {
     pub(crate) record_cache_size: usize,
     pub(crate) read_only: bool,
     pub(crate) lapse_claims_on_open: bool,
+    pub(crate) compact_on_close: bool,
 }
 
 impl Default for Options {
@@ -76,6 +77,7 @@ impl Default for Options {
             record_cache_size: 512 << 20,
             read_only: false,
             lapse_claims_on_open: false,
+            compact_on_close: true,
         }
     }
 }
@@ -94,6 +96,7 @@ impl fmt::Debug for Options {
             .field("cache_size", &self.cache_size)
             .field("record_cache_size", &self.record_cache_size)
             .field("read_only", &self.read_only)
+            .field("compact_on_close", &self.compact_on_close)
             .finish_non_exhaustive()
     }
 }
@@ -170,6 +173,18 @@ impl Options {
     /// 60 s.
     pub fn checkpoint_interval(mut self, interval: Option<Duration>) -> Options {
         self.checkpoint_interval = interval;
+        self
+    }
+
+    /// Whether [`Store::close`] compacts the index file after a large purge (see there).
+    /// Default `true`. The compaction rewrites the whole index: about 5 s for 1M live records
+    /// on the 2-core benchmark VM (`docs/benchmarks.md`), so a service that must stop within
+    /// a deadline (a container's grace period) may turn it off. Then the file keeps about the
+    /// size it reached: redb reuses the pages that TTL compaction frees for new records, but
+    /// does not return them to the filesystem. A later close with this on compacts only
+    /// after a large purge since that open.
+    pub fn compact_on_close(mut self, compact: bool) -> Options {
+        self.compact_on_close = compact;
         self
     }
 

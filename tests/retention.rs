@@ -116,6 +116,48 @@ fn background_compaction_runs_on_its_interval() {
     assert_eq!(store.stats().unwrap().purged, 1);
 }
 
+/// Every key but each seventh of `0..7_000`, then 50 s later the rest, with 200-byte outcomes
+/// (the benchmark's sizes: many records to a leaf, so that fill shows), then claims of
+/// `7_000..7_010` left open; closes the store. At 60 s the 6 000 first records have expired,
+/// and their removals are scattered over every leaf. Returns the open claims' tokens.
+fn load_sparse(store: &idemstore::Store, clock: &idemstore::ManualClock) -> Vec<u64> {
+    let outcome = vec![b'x'; 200];
+    for n in (0..7_000).filter(|n| !lives(n)) {
+        store
+            .complete(&claim(store, &key(n), b"req"), &outcome)
+            .unwrap();
+    }
+    clock.advance(Duration::from_secs(50));
+    for n in (0..7_000).filter(lives) {
+        store
+            .complete(&claim(store, &key(n), b"req"), &outcome)
+            .unwrap();
+    }
+    let open_claims = (7_000..7_010)
+        .map(|n| claim(store, &key(n), b"req").token())
+        .collect();
+    store.clone().close().unwrap();
+    open_claims
+}
+
+/// At 60 s, purges the 6 000 records [`load_sparse`] let expire and closes `store`; returns
+/// the length of the `index` file after the close.
+fn purge_and_close(
+    store: idemstore::Store,
+    clock: &idemstore::ManualClock,
+    index: &std::path::Path,
+) -> u64 {
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(store.purge_expired().unwrap(), 6_000);
+    store.close().unwrap();
+    std::fs::metadata(index).unwrap().len()
+}
+
+/// The keys [`load_sparse`] keeps live.
+fn lives(n: &u64) -> bool {
+    n.is_multiple_of(7)
+}
+
 /// Closing after a large purge compacts the index file: redb reuses freed pages but never
 /// shrinks its file by itself, nor merges the leaves that scattered removals thinned. The
 /// tables are repacked into full pages, with every row (records, expiry, open claims) kept.
@@ -129,35 +171,12 @@ fn closing_after_a_large_purge_repacks_and_shrinks_the_index_file() {
             .open(dir.path())
             .unwrap()
     };
-    let store = open();
-    // The benchmark's sizes: many records to a leaf, so that fill shows.
-    let outcome = vec![b'x'; 200];
-    // Every key but each seventh expires: the removals are scattered over every leaf.
-    let lives = |n: &u64| n.is_multiple_of(7);
-    for n in (0..7_000).filter(|n| !lives(n)) {
-        store
-            .complete(&claim(&store, &key(n), b"req"), &outcome)
-            .unwrap();
-    }
-    clock.advance(Duration::from_secs(50));
-    for n in (0..7_000).filter(lives) {
-        store
-            .complete(&claim(&store, &key(n), b"req"), &outcome)
-            .unwrap();
-    }
-    // Claims left open: their rows in `in_progress` must survive the repack.
-    let open_claims: Vec<_> = (7_000..7_010)
-        .map(|n| claim(&store, &key(n), b"req").token())
-        .collect();
-    store.close().unwrap();
+    let open_claims = load_sparse(&open(), &clock);
+    let outcome = [b'x'; 200];
     let index = dir.path().join("index.redb");
     let full = std::fs::metadata(&index).unwrap().len();
 
-    let store = open();
-    clock.advance(Duration::from_secs(60));
-    assert_eq!(store.purge_expired().unwrap(), 6_000);
-    store.close().unwrap();
-    let compacted = std::fs::metadata(&index).unwrap().len();
+    let compacted = purge_and_close(open(), &clock, &index);
     // 1 000 live records of a 200-byte outcome and a 48-byte key.
     let live = 1_000 * (200 + 48);
     assert!(
@@ -183,4 +202,40 @@ fn closing_after_a_large_purge_repacks_and_shrinks_the_index_file() {
     // The expiry rows came through too: the completed records still leave on time.
     clock.advance(Duration::from_secs(100));
     assert_eq!(store.purge_expired().unwrap(), 1_010);
+}
+
+/// With `compact_on_close(false)` closing after the same purge leaves the index file about as
+/// large as it was (redb may trim free pages at its end; a compaction leaves under a twentieth),
+/// and every record as it was: a fast shutdown.
+#[test]
+fn closing_without_compaction_keeps_the_file_and_every_record() {
+    let clock = clock();
+    let dir = tempfile::tempdir().unwrap();
+    let open = |compact| {
+        options(&clock)
+            .durability(Durability::None)
+            .compact_on_close(compact)
+            .open(dir.path())
+            .unwrap()
+    };
+    load_sparse(&open(false), &clock);
+    let index = dir.path().join("index.redb");
+    let full = std::fs::metadata(&index).unwrap().len();
+
+    let after = purge_and_close(open(false), &clock, &index);
+    let live = 1_000 * (200 + 48);
+    assert!(
+        after > full / 2 && after > 2 * live,
+        "index file {full} bytes before the purge, {after} after closing, {live} live"
+    );
+    let report = idemstore::verify_dir(dir.path()).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    let store = open(false);
+    for n in 0..7_000 {
+        match lives(&n) {
+            true => assert_eq!(completed(&store, &key(n), b"req").data(), &[b'x'; 200][..]),
+            false => assert!(store.get(&key(n)).unwrap().is_none(), "key {n}"),
+        }
+    }
+    assert_eq!(store.stats().unwrap().in_progress, 10);
 }

@@ -845,7 +845,10 @@ fn purge_block(run: &mut Run) -> Res<()> {
         let (purged, took) = purger.join().map_err(|_| "the purge thread panicked")??;
         Ok((purged, took, m))
     })?;
+    // Closing after a purge this large also compacts the index file (`Store::close`).
+    let closing = Instant::now();
     store.close()?;
+    let closed_in = closing.elapsed();
     let (after, _) = machine::disk_usage(&dir);
     let after_files = machine::file_breakdown(&dir);
 
@@ -860,6 +863,13 @@ fn purge_block(run: &mut Run) -> Res<()> {
         ),
     );
     run.set_last_peer("bar: 5 s", 5.0);
+    run.figure(
+        group,
+        "close() after the purge",
+        closed_in.as_secs_f64(),
+        "s",
+        format!("a checkpoint, then a compaction of the index file ({n} live records)"),
+    );
     run.row(
         group,
         "foreground begin (Immediate) during the purge",
@@ -1302,7 +1312,7 @@ fn check_bars(run: &mut Run) {
     let purge = run
         .rows
         .iter()
-        .find(|r| r.group == "TTL purge" && r.unit == "s")
+        .find(|r| r.group == "TTL purge" && r.subject.starts_with("purge_expired()"))
         .map(|r| r.value);
     bar(
         &format!("purge of {} expired records: < 5 s", run.args.purge),
