@@ -120,24 +120,38 @@ fn background_compaction_runs_on_its_interval() {
 /// (the benchmark's sizes: many records to a leaf, so that fill shows), then claims of
 /// `7_000..7_010` left open; closes the store. At 60 s the 6 000 first records have expired,
 /// and their removals are scattered over every leaf. Returns the open claims' tokens.
-fn load_sparse(store: &idemstore::Store, clock: &idemstore::ManualClock) -> Vec<u64> {
-    let outcome = vec![b'x'; 200];
+fn load_sparse(store: idemstore::Store, clock: &idemstore::ManualClock) -> Vec<u64> {
     for n in (0..7_000).filter(|n| !lives(n)) {
         store
-            .complete(&claim(store, &key(n), b"req"), &outcome)
+            .complete(&claim(&store, &key(n), b"req"), &SPARSE_OUTCOME)
             .unwrap();
     }
     clock.advance(Duration::from_secs(50));
     for n in (0..7_000).filter(lives) {
         store
-            .complete(&claim(store, &key(n), b"req"), &outcome)
+            .complete(&claim(&store, &key(n), b"req"), &SPARSE_OUTCOME)
             .unwrap();
     }
     let open_claims = (7_000..7_010)
-        .map(|n| claim(store, &key(n), b"req").token())
+        .map(|n| claim(&store, &key(n), b"req").token())
         .collect();
-    store.clone().close().unwrap();
+    store.close().unwrap();
     open_claims
+}
+
+/// The outcome of every record [`load_sparse`] writes.
+const SPARSE_OUTCOME: [u8; 200] = [b'x'; 200];
+
+/// After [`purge_and_close`]: the live records of [`load_sparse`] answer with their outcome,
+/// the expired ones are gone, and its 10 claims are still open.
+fn assert_only_live_records_remain(store: &idemstore::Store) {
+    for n in 0..7_000 {
+        match lives(&n) {
+            true => assert_eq!(completed(store, &key(n), b"req").data(), &SPARSE_OUTCOME),
+            false => assert!(store.get(&key(n)).unwrap().is_none(), "key {n}"),
+        }
+    }
+    assert_eq!(store.stats().unwrap().in_progress, 10);
 }
 
 /// At 60 s, purges the 6 000 records [`load_sparse`] let expire and closes `store`; returns
@@ -171,8 +185,7 @@ fn closing_after_a_large_purge_repacks_and_shrinks_the_index_file() {
             .open(dir.path())
             .unwrap()
     };
-    let open_claims = load_sparse(&open(), &clock);
-    let outcome = [b'x'; 200];
+    let open_claims = load_sparse(open(), &clock);
     let index = dir.path().join("index.redb");
     let full = std::fs::metadata(&index).unwrap().len();
 
@@ -186,13 +199,7 @@ fn closing_after_a_large_purge_repacks_and_shrinks_the_index_file() {
     let report = idemstore::verify_dir(dir.path()).unwrap();
     assert!(report.is_clean(), "{report:?}");
     let store = open();
-    for n in 0..7_000 {
-        match lives(&n) {
-            true => assert_eq!(completed(&store, &key(n), b"req").data(), &outcome[..]),
-            false => assert!(store.get(&key(n)).unwrap().is_none(), "key {n}"),
-        }
-    }
-    assert_eq!(store.stats().unwrap().in_progress, 10);
+    assert_only_live_records_remain(&store);
     for (n, token) in (7_000..7_010).zip(open_claims) {
         match store.get(&key(n)).unwrap().map(|r| r.state()) {
             Some(RecordState::InProgress { token: t, .. }) => assert_eq!(t, token),
@@ -218,7 +225,7 @@ fn closing_without_compaction_keeps_the_file_and_every_record() {
             .open(dir.path())
             .unwrap()
     };
-    load_sparse(&open(false), &clock);
+    load_sparse(open(false), &clock);
     let index = dir.path().join("index.redb");
     let full = std::fs::metadata(&index).unwrap().len();
 
@@ -230,12 +237,5 @@ fn closing_without_compaction_keeps_the_file_and_every_record() {
     );
     let report = idemstore::verify_dir(dir.path()).unwrap();
     assert!(report.is_clean(), "{report:?}");
-    let store = open(false);
-    for n in 0..7_000 {
-        match lives(&n) {
-            true => assert_eq!(completed(&store, &key(n), b"req").data(), &[b'x'; 200][..]),
-            false => assert!(store.get(&key(n)).unwrap().is_none(), "key {n}"),
-        }
-    }
-    assert_eq!(store.stats().unwrap().in_progress, 10);
+    assert_only_live_records_remain(&open(false));
 }

@@ -6,13 +6,13 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use idemstore::{Begin, Key, Store};
+use idemstore::{Key, Store};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::workload::{
-    CLAIM_BYTES, FINGERPRINT, LEASE_MS, OUTCOME, RECORD_BYTES, REQUEST, RETENTION_MS, Res, key,
-    run_all,
+    CLAIM_BYTES, FINGERPRINT, LEASE_MS, OUTCOME, RECORD_BYTES, RETENTION_MS, Res, key, run_all,
 };
+pub use crate::workload::{LOAD_THREADS, idem_claim_complete};
 
 /// What one thread holds: a connection, a read transaction, or just a reference.
 pub trait Worker {
@@ -29,9 +29,6 @@ pub trait Engine: Sync {
     fn load(&self, n: u64) -> Res<Duration>;
 }
 
-/// Threads used to load warm keys through an engine's ordinary write path.
-pub const LOAD_THREADS: usize = 32;
-
 // ---------------------------------------------------------------- idemstore
 
 pub struct Idem {
@@ -39,16 +36,6 @@ pub struct Idem {
 }
 
 struct IdemWorker<'a>(&'a Store);
-
-pub fn idem_claim_complete(store: &Store, key: &Key) -> Res<()> {
-    match store.begin(key, REQUEST)? {
-        Begin::Claimed(claim) => {
-            store.complete(&claim, &OUTCOME)?;
-            Ok(())
-        }
-        other => Err(format!("expected a claim of a new key, got {other:?}").into()),
-    }
-}
 
 impl Worker for IdemWorker<'_> {
     fn get(&mut self, key: &Key) -> Res<bool> {

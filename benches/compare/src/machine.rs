@@ -89,8 +89,14 @@ pub fn facts(data_dir: &Path) -> Value {
 
 /// Peak resident set size of this process since the last [`reset_peak_rss`], in bytes.
 pub fn peak_rss() -> u64 {
+    status_bytes("VmHWM")
+}
+
+/// A `kB` field of `/proc/self/status` (`VmRSS`, `VmHWM`…), in bytes (0 if it cannot be
+/// read).
+pub fn status_bytes(name: &str) -> u64 {
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    first_field(&status, "VmHWM")
+    first_field(&status, name)
         .and_then(|v| v.trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }

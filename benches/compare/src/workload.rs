@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use idemstore::Key;
+use idemstore::{Begin, Key, Store};
 
 use crate::machine::{cpu_between, thread_cpu};
 
@@ -38,6 +38,20 @@ pub fn key(i: u64) -> Key {
     let client = format!("client-{:09}", i % 1_000);
     let request = format!("{:016x}", mix(i));
     Key::new(client, request, "POST /charges").expect("a valid key")
+}
+
+/// Threads used to load warm keys through an engine's ordinary write path.
+pub const LOAD_THREADS: usize = 32;
+
+/// idemstore's claim+complete of a new `key`: `begin`, then `complete` with [`OUTCOME`].
+pub fn idem_claim_complete(store: &Store, key: &Key) -> Res<()> {
+    match store.begin(key, REQUEST)? {
+        Begin::Claimed(claim) => {
+            store.complete(&claim, &OUTCOME)?;
+            Ok(())
+        }
+        other => Err(format!("expected a claim of a new key, got {other:?}").into()),
+    }
 }
 
 /// Keys never loaded: a separate range far above any loaded or written key.

@@ -1,7 +1,8 @@
-//! Memory of a bulk load: `threads` callers claim and complete `n` new keys with
-//! `Durability::None` (the harness's load and its purge phase do the same), and the resident
-//! set size is printed every 5 s and at the end. It shows what the allocator adds to the
-//! store's own memory budgets under many threads (see `docs/benchmarks.md`, "Memory").
+//! Memory of a bulk load: `threads` callers claim and complete `keys` new keys with
+//! `Durability::None`, as the harness's load and its purge phase do (the same keys, op and
+//! loader), and the resident set size is printed every 5 s and at the end. It shows what the
+//! allocator adds to the store's own memory budgets under many threads (see
+//! `docs/benchmarks.md`).
 //!
 //! ```text
 //! cargo run --release --bin load_rss -- [--keys N] [--threads T] [--cache BYTES]
@@ -10,29 +11,34 @@
 //!
 //! Run it with `MALLOC_ARENA_MAX=2` (glibc) to compare.
 
+// The harness's own modules, shared rather than copied; this binary uses a few of their items.
+#[allow(dead_code)]
+#[path = "../machine.rs"]
+mod machine;
+#[allow(dead_code)]
+#[path = "../workload.rs"]
+mod workload;
+
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use idemstore::{Begin, Durability, Key, Options};
+use idemstore::{Durability, Options};
 
-/// `VmHWM / VmRSS` of this process, in MiB.
-fn rss() -> String {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<u64>().ok())
-            .map_or(0, |kb| kb / 1024)
-    };
-    format!("peak {} MiB, now {} MiB", field("VmHWM:"), field("VmRSS:"))
+use workload::{LOAD_THREADS, Res, idem_claim_complete, key, run_all};
+
+/// `peak …, now …` in MiB.
+fn memory() -> String {
+    format!(
+        "peak {} MiB, now {} MiB",
+        machine::peak_rss() >> 20,
+        machine::status_bytes("VmRSS") >> 20
+    )
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (mut keys, mut threads) = (2_500_000u64, 32usize);
+fn main() -> Res<()> {
+    let (mut keys, mut threads) = (2_500_000u64, LOAD_THREADS);
     let mut dir = std::env::temp_dir().join("idemstore-load-rss");
     let mut options = Options::new()
         .durability(Durability::None)
@@ -52,47 +58,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     let store = options.open(&dir)?;
-    let next = AtomicU64::new(0);
     let started = Instant::now();
-    let outcome = [0x5a; 200];
-    thread::scope(|s| {
-        let callers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| -> Result<(), idemstore::Error> {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= keys {
-                            return Ok(());
-                        }
-                        let request = format!("{:016x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                        let key = Key::new(format!("client-{:09}", i % 1000), request, "POST /")?;
-                        if let Begin::Claimed(claim) = store.begin(&key, b"request")? {
-                            store.complete(&claim, &outcome)?;
-                        }
-                    }
-                })
-            })
-            .collect();
-        while next.load(Ordering::Relaxed) < keys && callers.iter().any(|c| !c.is_finished()) {
-            thread::sleep(Duration::from_secs(5));
-            eprintln!(
-                "{:6.1} s  {:>9} keys  {}",
-                started.elapsed().as_secs_f64(),
-                next.load(Ordering::Relaxed).min(keys),
-                rss()
-            );
-        }
-        callers
-            .into_iter()
-            .try_for_each(|c| c.join().expect("a caller panicked"))
+    let done = AtomicBool::new(false);
+    let loaded = thread::scope(|s| {
+        let reporter = s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                thread::park_timeout(Duration::from_secs(5));
+                eprintln!("{:6.1} s  {}", started.elapsed().as_secs_f64(), memory());
+            }
+        });
+        let loaded = run_all(threads, keys, |i| idem_claim_complete(&store, &key(i)));
+        done.store(true, Ordering::Relaxed);
+        reporter.thread().unpark();
+        loaded
     })?;
-    let loaded = started.elapsed();
-    let stats = store.stats()?;
+    let records = store.stats()?.records;
     println!(
-        "{keys} keys with {threads} threads in {:.1} s; {} records; {}",
+        "{keys} keys with {threads} threads in {:.1} s; {records} records; {}",
         loaded.as_secs_f64(),
-        stats.records,
-        rss()
+        memory()
     );
     store.close()?;
     let _ = std::fs::remove_dir_all(&dir);
