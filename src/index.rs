@@ -122,11 +122,15 @@ pub(crate) struct Checkpoint {
     pub next_token: u64,
 }
 
-/// Memory for the index: redb's page cache and the record cache in front of it.
+/// How the index is opened: its memory (redb's page cache and the record cache in front of
+/// it) and whether redb checks the whole file first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct CacheSizes {
+pub(crate) struct IndexSettings {
     pub pages: usize,
     pub records: usize,
+    /// redb's integrity check on every open, not only after a crash (see
+    /// [`Options::verify_index_on_open`](crate::Options::verify_index_on_open)).
+    pub verify_on_open: bool,
 }
 
 /// A read-only view of the `records` table as of one commit.
@@ -158,12 +162,17 @@ impl Index {
     /// damaged file is `Error::Corruption`, also where redb itself would panic on it, or on
     /// closing it — and so is an existing index missing a table: recreating it empty would
     /// silently drop its records, or (for `meta`) the next fencing token.
-    pub fn open(file: Arc<dyn StorageFile>, caches: CacheSizes, create: bool) -> Result<Index> {
+    pub fn open(
+        file: Arc<dyn StorageFile>,
+        settings: IndexSettings,
+        create: bool,
+    ) -> Result<Index> {
         let mut db = Guarded(None);
         let repaired = Arc::new(AtomicBool::new(false));
         let snapshot = guarded(|| {
             let mut builder = Database::builder();
-            builder.set_cache_size(caches.pages);
+            builder.set_cache_size(settings.pages);
+            builder.set_check_integrity_on_open(settings.verify_on_open);
             let flag = repaired.clone();
             builder.set_repair_callback(move |_| flag.store(true, Ordering::Relaxed));
             let db = db.0.insert(builder.create_with_backend(Backend(file))?);
@@ -189,14 +198,15 @@ impl Index {
         Ok(Index {
             snapshot: ArcSwapOption::from_pointee(snapshot),
             generation: AtomicU64::new(0),
-            cache: Arc::new(RecordCache::new(caches.records)),
+            cache: Arc::new(RecordCache::new(settings.records)),
             db: RwLock::new(db),
             repaired: repaired.load(Ordering::Relaxed),
         })
     }
 
     /// Whether opening the file made redb walk all of it to rebuild its allocator state (a
-    /// crash after a commit that did not save it): time in proportion to the index.
+    /// crash after a commit that did not save it, or `verify_on_open`): time in proportion
+    /// to the index.
     pub fn repaired_on_open(&self) -> bool {
         self.repaired
     }
@@ -624,6 +634,31 @@ pub(crate) fn check_read_only(
         Err(e) => return Err(e),
     }
     guarded(|| check_tables(&db, each))
+}
+
+/// redb's page cache for [`check_pages`]: the check reads each page once.
+const PAGE_CHECK_CACHE: usize = 16 << 20;
+
+/// Runs redb's integrity check over the index in `file`: the checksum of every page of its
+/// trees, and its allocator state rebuilt from them. Damage there is found even where no
+/// record's own checksum covers it (a branch page, redb's freed-page lists). The check
+/// commits what it rebuilt, so `file` must be a copy that may be written (`verify` passes
+/// its overlay's). Returns what is wrong, if anything.
+pub(crate) fn check_pages(file: Arc<dyn StorageFile>) -> Result<Option<String>> {
+    let mut db = Guarded(None);
+    let checked = guarded(|| {
+        let mut builder = Database::builder();
+        builder
+            .set_cache_size(PAGE_CHECK_CACHE)
+            .set_check_integrity_on_open(true);
+        db.0 = Some(builder.create_with_backend(Backend(file))?);
+        Ok(())
+    });
+    match checked.map_err(damaged_on_open) {
+        Ok(()) => Ok(None),
+        Err(Error::Corruption { what, .. }) => Ok(Some(what)),
+        Err(e) => Err(e),
+    }
 }
 
 fn check_tables(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
-use crate::index::{CacheSizes, INDEX_FILE};
+use crate::index::{INDEX_FILE, IndexSettings};
 use crate::log::frame::MAX_OUTCOME_LIMIT;
 use crate::storage::{FsStorage, Overlay, Storage};
 use crate::store::Store;
@@ -59,6 +59,7 @@ pub struct Options {
     pub(crate) read_only: bool,
     pub(crate) lapse_claims_on_open: bool,
     pub(crate) compact_on_close: bool,
+    pub(crate) verify_index_on_open: bool,
 }
 
 impl Default for Options {
@@ -78,6 +79,7 @@ impl Default for Options {
             read_only: false,
             lapse_claims_on_open: false,
             compact_on_close: true,
+            verify_index_on_open: false,
         }
     }
 }
@@ -97,6 +99,7 @@ impl fmt::Debug for Options {
             .field("record_cache_size", &self.record_cache_size)
             .field("read_only", &self.read_only)
             .field("compact_on_close", &self.compact_on_close)
+            .field("verify_index_on_open", &self.verify_index_on_open)
             .finish_non_exhaustive()
     }
 }
@@ -188,6 +191,26 @@ impl Options {
         self
     }
 
+    /// Whether every open checks the whole index file (redb's integrity check: every page's
+    /// checksum, and the allocator state rebuilt from the trees), not only an open after a
+    /// crash. Default `false`.
+    ///
+    /// Without it, an index that was closed cleanly is trusted as it is: damage to it made
+    /// after the close (a flipped bit on disk, a stray write by another program) is found
+    /// only where a read meets it, and some damage to redb's own bookkeeping makes redb
+    /// panic in a way that aborts the process (`docs/reliability.md`, finding 17). With it,
+    /// such damage is found on open: the index is rebuilt from the log when the log still
+    /// holds every change since the store was created, and the open fails with
+    /// [`Error::Corruption`](crate::Error::Corruption) otherwise.
+    ///
+    /// The cost is a read of the whole index on every open, in proportion to its size
+    /// (`docs/benchmarks.md` gives the figure for 10M keys), where a plain open reads a few
+    /// pages.
+    pub fn verify_index_on_open(mut self, verify: bool) -> Options {
+        self.verify_index_on_open = verify;
+        self
+    }
+
     /// Run TTL compaction in a background thread this often (`None`: only when
     /// [`Store::purge_expired`] is called). Default 60 s.
     pub fn purge_interval(mut self, interval: Option<Duration>) -> Options {
@@ -226,11 +249,12 @@ impl Options {
         self
     }
 
-    /// The index's memory budgets.
-    pub(crate) fn caches(&self) -> CacheSizes {
-        CacheSizes {
+    /// How the index is opened.
+    pub(crate) fn index_settings(&self) -> IndexSettings {
+        IndexSettings {
             pages: self.cache_size,
             records: self.record_cache_size,
+            verify_on_open: self.verify_index_on_open,
         }
     }
 

@@ -40,7 +40,7 @@ use std::time::Instant;
 use crate::commit::{Recent, publish};
 use crate::error::{Error, Result};
 use crate::hash;
-use crate::index::{CacheSizes, Change, Checkpoint, INDEX_FILE, Index, is_in_progress};
+use crate::index::{Change, Checkpoint, INDEX_FILE, Index, IndexSettings, is_in_progress};
 use crate::log::reader::{self, LogRead, Tail};
 use crate::log::segment;
 use crate::log::writer::Writer;
@@ -71,7 +71,7 @@ pub(crate) struct Recovered {
 
 pub(crate) fn recover(
     storage: &Arc<dyn Storage>,
-    caches: CacheSizes,
+    settings: IndexSettings,
     segment_size: u64,
 ) -> Result<Recovered> {
     let started = Instant::now();
@@ -93,7 +93,7 @@ pub(crate) fn recover(
     // dirty) while the log is read. The checkpoint is not known until the index is open, so
     // the log is read from its first segment on, and what the checkpoint covers is dropped
     // afterwards (see `Replay::after`).
-    let open = move || open_index(storage, index_file, caches, created);
+    let open = move || open_index(storage, index_file, settings, created);
     let (opened, from_start) = if storage.helper_threads() {
         thread::scope(|scope| {
             let opening = scope.spawn(open);
@@ -232,10 +232,10 @@ pub(crate) fn recover(
 fn open_index(
     storage: &Arc<dyn Storage>,
     file: Arc<dyn StorageFile>,
-    caches: CacheSizes,
+    settings: IndexSettings,
     created: bool,
 ) -> Result<(Index, Checkpoint, bool)> {
-    let opened = Index::open(with_writeback(storage.as_ref(), file), caches, created)
+    let opened = Index::open(with_writeback(storage.as_ref(), file), settings, created)
         .and_then(|index| Ok((index.checkpoint()?, index)));
     match opened {
         Ok((checkpoint, index)) => Ok((index, checkpoint, false)),
@@ -248,7 +248,7 @@ fn open_index(
             storage.sync_dir()?;
             let file = storage.open(INDEX_FILE, true)?;
             storage.sync_dir()?;
-            let index = Index::open(with_writeback(storage.as_ref(), file), caches, true)?;
+            let index = Index::open(with_writeback(storage.as_ref(), file), settings, true)?;
             let checkpoint = index.checkpoint()?;
             Ok((index, checkpoint, true))
         }

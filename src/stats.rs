@@ -63,7 +63,9 @@ pub struct RecoveryReport {
     /// Whether redb had to walk the whole index file to rebuild its allocator state before
     /// recovery could start: time in proportion to the index, not the log. Every durable
     /// index commit saves that state and a crash rolls back to one, so a crash should never
-    /// need it; `true` points at a file written by something else, or by an older version.
+    /// need it; `true` points at a file written by something else, or by an older version
+    /// — or at [`Options::verify_index_on_open`](crate::Options::verify_index_on_open),
+    /// whose check is that same walk, on every open.
     pub index_repaired: bool,
     /// The checkpoint the index held when opened.
     pub checkpoint_lsn: u64,

@@ -59,7 +59,7 @@ impl Store {
         let lock = storage.try_lock()?.ok_or_else(|| Error::Locked {
             path: storage.describe(),
         })?;
-        let mut recovered = recover(&storage, options.caches(), options.segment_size)?;
+        let mut recovered = recover(&storage, options.index_settings(), options.segment_size)?;
         recovered.report.read_only = options.read_only;
         let claimed = std::mem::take(&mut recovered.claimed);
         let shared = Arc::new(Shared::new(Parts {

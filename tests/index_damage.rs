@@ -33,8 +33,10 @@ fn copy_store(from: &std::path::Path, to: &std::path::Path, with_log: bool) {
 
 /// Flips a byte at ~100 offsets of the index and opens each copy: it must be refused with a
 /// typed error, rebuilt from the log (only when the whole log is there), or answer every key
-/// truthfully, with any hidden record reported by `verify`.
-fn flip_bytes(with_log: bool) {
+/// truthfully, with any hidden record reported by `verify`. With `verify_on_open`
+/// (`Options::verify_index_on_open`), no record may be hidden at all: the open checks every
+/// page.
+fn flip_bytes(with_log: bool, verify_on_open: bool) {
     let pristine = tempfile::tempdir().unwrap();
     build(pristine.path());
     let index = std::fs::read(pristine.path().join("index.redb")).unwrap();
@@ -46,13 +48,24 @@ fn flip_bytes(with_log: bool) {
         let mut damaged = index.clone();
         damaged[at] ^= 0x5A;
         std::fs::write(dir.path().join("index.redb"), &damaged).unwrap();
-        let store = match options(&clock()).open(dir.path()) {
+        let opened_store = options(&clock())
+            .verify_index_on_open(verify_on_open)
+            .open(dir.path());
+        let store = match opened_store {
             Ok(store) => store,
             Err(e) => {
                 assert!(
                     matches!(e, Error::Corruption { .. } | Error::Io(_)),
                     "offset {at}: {e}"
                 );
+                // What a verified open finds, `verify` finds too (it runs the same check).
+                if verify_on_open {
+                    let report = verify_dir(dir.path());
+                    assert!(
+                        !matches!(&report, Ok(r) if r.is_clean()),
+                        "offset {at}: the open refused it and verify found nothing: {report:?}"
+                    );
+                }
                 refused += 1;
                 continue;
             }
@@ -99,6 +112,10 @@ fn flip_bytes(with_log: bool) {
             !(was_rebuilt && missed),
             "offset {at}: rebuilt from the whole log yet a record is missing"
         );
+        assert!(
+            !(verify_on_open && missed),
+            "offset {at}: a verified open hid a record"
+        );
         drop(store);
         if missed {
             misses += 1;
@@ -120,12 +137,18 @@ fn flip_bytes(with_log: bool) {
 
 #[test]
 fn flipped_bytes_in_an_index_without_its_log_are_errors_or_caught_by_verify() {
-    flip_bytes(false);
+    flip_bytes(false, false);
 }
 
 #[test]
 fn flipped_bytes_in_an_index_beside_its_whole_log_are_rebuilt_errors_or_caught_by_verify() {
-    flip_bytes(true);
+    flip_bytes(true, false);
+}
+
+#[test]
+fn flipped_bytes_in_an_index_verified_on_open_are_errors_or_rebuilt_never_a_hidden_record() {
+    flip_bytes(false, true);
+    flip_bytes(true, true);
 }
 
 #[test]
@@ -275,4 +298,27 @@ fn a_warmed_record_cache_answers_as_lookups_through_a_damaged_index_do() {
         compared > 50 && cached > 1000,
         "{compared} images, {cached} records"
     );
+}
+
+#[test]
+fn an_undamaged_index_verified_on_open_keeps_every_record_and_reports_the_walk() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path());
+    for verify in [false, true, false] {
+        let store = options(&clock())
+            .verify_index_on_open(verify)
+            .open(dir.path())
+            .unwrap();
+        let report = store.recovery_report();
+        assert_eq!(report.index_repaired, verify, "verify {verify}");
+        assert!(!report.index_rebuilt);
+        for n in 0..KEYS {
+            let record = store.get(&key(n)).unwrap().expect("a kept record");
+            assert_eq!(
+                record.outcome().unwrap().data(),
+                format!("outcome-{n:04}").as_bytes()
+            );
+        }
+        store.close().unwrap();
+    }
 }

@@ -98,3 +98,19 @@ fn an_index_naming_an_old_redb_format_is_corruption() {
     let found = include_bytes!("../fuzz/corpus/log_decode/seed-old-redb-format");
     assert_eq!(model::log_decode(found).runs, 1);
 }
+
+/// Found by the fuzzer in CI's 60 s (`docs/reliability.md`, finding 17): an `index.redb`,
+/// closed cleanly and then damaged, whose freed-page list names a page beyond its region.
+/// Opened plainly, redb trusts it, and the first commit that frees pages panics inside redb
+/// and again while unwinding, which aborts the process. Opened with
+/// `Options::verify_index_on_open`, as the model opens every damaged index, redb's check finds
+/// the damage and the index is rebuilt from the log. Without the check this test aborts.
+#[test]
+fn a_damaged_freed_page_list_is_found_on_a_verified_open_not_an_abort() {
+    let found = include_bytes!("../fuzz/corpus/log_decode/seed-redb-freed-page-out-of-range");
+    let tally = model::log_decode(found);
+    assert_eq!(
+        (tally.runs, tally.opened, tally.rebuilt, tally.refused),
+        (1, 1, 1, 0)
+    );
+}

@@ -110,6 +110,8 @@ pub struct Tally {
     /// Damaged inputs that opened, and that were refused with `Corruption` or `Io`.
     pub opened: u64,
     pub refused: u64,
+    /// Damaged inputs that opened with the index rebuilt from the log.
+    pub rebuilt: u64,
     /// Calls made through the asynchronous API (every other operation), and how many of
     /// them failed.
     pub asynchronous: u64,
@@ -124,6 +126,7 @@ impl AddAssign for Tally {
         self.recovery_crashes += o.recovery_crashes;
         self.restarts += o.restarts;
         self.opens += o.opens;
+        self.rebuilt += o.rebuilt;
         self.errors += o.errors;
         self.refusals_checked += o.refusals_checked;
         self.torn_tails += o.torn_tails;
