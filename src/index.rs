@@ -639,23 +639,27 @@ pub(crate) fn check_read_only(
 /// redb's page cache for [`check_pages`]: the check reads each page once.
 const PAGE_CHECK_CACHE: usize = 16 << 20;
 
-/// Runs redb's integrity check over the index in `file`: the checksum of every page of its
-/// trees, and its allocator state rebuilt from them. Damage there is found even where no
-/// record's own checksum covers it (a branch page, redb's freed-page lists). The check
-/// commits what it rebuilt, so `file` must be a copy that may be written (`verify` passes
-/// its overlay's). Returns what is wrong, if anything.
+/// Runs redb's integrity check over the index in `file`, after the recovery a plain open
+/// runs if it needs one: the checksum of every page of its trees, and the allocator state
+/// a plain open would trust compared with one rebuilt from them. Damage there is found even where no record's own
+/// checksum covers it (a branch page, redb's freed-page lists). The check commits what it
+/// rebuilt, so `file` must be a copy that may be written (`verify` passes its overlay's).
+/// Returns what is wrong, if anything.
 pub(crate) fn check_pages(file: Arc<dyn StorageFile>) -> Result<Option<String>> {
     let mut db = Guarded(None);
     let checked = guarded(|| {
         let mut builder = Database::builder();
-        builder
-            .set_cache_size(PAGE_CHECK_CACHE)
-            .set_check_integrity_on_open(true);
-        db.0 = Some(builder.create_with_backend(Backend(file))?);
-        Ok(())
+        builder.set_cache_size(PAGE_CHECK_CACHE);
+        let db = db.0.insert(builder.create_with_backend(Backend(file))?);
+        Ok(db.check_integrity()?)
     });
     match checked.map_err(damaged_on_open) {
-        Ok(()) => Ok(None),
+        Ok(true) => Ok(None),
+        Ok(false) => Ok(Some(
+            "its allocator state or tree roots disagree with its pages (redb repaired them in \
+             a copy; the store's next open would trust the file as it is)"
+                .into(),
+        )),
         Err(Error::Corruption { what, .. }) => Ok(Some(what)),
         Err(e) => Err(e),
     }

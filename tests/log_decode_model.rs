@@ -100,7 +100,8 @@ fn an_index_naming_an_old_redb_format_is_corruption() {
 }
 
 /// Found by the fuzzer in CI's 60 s (`docs/reliability.md`, finding 17): an `index.redb`,
-/// closed cleanly and then damaged, whose freed-page list names a page beyond its region.
+/// left by a power cut and then damaged, whose freed-page list names a page beyond its
+/// region.
 /// Opened plainly, redb trusts it, and the first commit that frees pages panics inside redb
 /// and again while unwinding, which aborts the process. Opened with
 /// `Options::verify_index_on_open`, as the model opens every damaged index, redb's check finds
