@@ -204,9 +204,9 @@ impl Options {
     /// holds every change since the store was created, and the open fails with
     /// [`Error::Corruption`](crate::Error::Corruption) otherwise.
     ///
-    /// The cost is a read of the whole index on every open, in proportion to its size
-    /// (`docs/benchmarks.md` gives the figure for 10M keys), where a plain open reads a few
-    /// pages.
+    /// The cost is a read of the whole index on every open, in proportion to its size: 14.9 s
+    /// for a 10M-key store (a 9.8 GB index) on the 2-core benchmark VM, where a plain open of
+    /// it took 0.006 s (`docs/benchmarks.md`).
     pub fn verify_index_on_open(mut self, verify: bool) -> Options {
         self.verify_index_on_open = verify;
         self
