@@ -573,7 +573,7 @@ impl Shared {
                     core.frames = frames;
                 }
             }
-            Err(e) => core.failure = Some(e.to_string()),
+            Err(e) => self.poison(core, e),
         }
         // After a failure no commit will answer the rest: wake them all to read it.
         let answered = if result.is_ok() { last } else { u64::MAX };
@@ -744,12 +744,19 @@ impl Shared {
     /// commit will answer them now).
     fn fail(&self, err: &Error) {
         let mut core = self.core.lock();
-        if core.failure.is_none() {
-            core.failure = Some(err.to_string());
-        }
+        self.poison(&mut core, err);
         let waiting = mem::take(&mut core.wakers);
         drop(core);
         waiting.into_iter().for_each(|(_, waker)| waker.wake());
+    }
+
+    /// Makes the handle refuse writes (`Error::PreviousIo`, with the first failure as its
+    /// cause) and freezes the index at its last checkpoint (see [`Index::freeze`]).
+    fn poison(&self, core: &mut Core, err: &Error) {
+        if core.failure.is_none() {
+            core.failure = Some(err.to_string());
+        }
+        self.index.freeze();
     }
 
     pub fn poisoned(&self) -> Result<()> {

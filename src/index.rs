@@ -149,6 +149,8 @@ pub(crate) struct Index {
     db: RwLock<Guarded<Database>>,
     /// Whether redb walked the whole file on open to rebuild its allocator state.
     repaired: bool,
+    /// Shared with the file's [`Backend`]: see [`Index::freeze`].
+    frozen: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for Index {
@@ -168,6 +170,7 @@ impl Index {
         create: bool,
     ) -> Result<Index> {
         let mut db = Guarded(None);
+        let mut frozen = Arc::default();
         let repaired = Arc::new(AtomicBool::new(false));
         let snapshot = guarded(|| {
             let mut builder = Database::builder();
@@ -175,7 +178,9 @@ impl Index {
             builder.set_check_integrity_on_open(settings.verify_on_open);
             let flag = repaired.clone();
             builder.set_repair_callback(move |_| flag.store(true, Ordering::Relaxed));
-            let db = db.0.insert(builder.create_with_backend(Backend(file))?);
+            let backend = Backend::new(file);
+            frozen = backend.frozen.clone();
+            let db = db.0.insert(builder.create_with_backend(backend)?);
             if create {
                 // Quick-repair like every durable commit: were this the last commit before a
                 // crash, one without it would make the next open walk the whole file.
@@ -201,7 +206,18 @@ impl Index {
             cache: Arc::new(RecordCache::new(settings.records)),
             db: RwLock::new(db),
             repaired: repaired.load(Ordering::Relaxed),
+            frozen,
         })
+    }
+
+    /// Makes every later write to the index file fail, for a handle that failed: the file
+    /// then stays as its last durable commit, a checkpoint, left it. redb makes pending
+    /// non-durable commits durable when the database closes; without this, dropping a failed
+    /// handle would persist changes made after the checkpoint under the old checkpoint, and
+    /// with `Periodic` or `None` durability also changes whose log records a power cut could
+    /// then lose. Reads go on.
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::Release);
     }
 
     /// Whether opening the file made redb walk all of it to rebuild its allocator state (a
@@ -603,70 +619,79 @@ pub(crate) fn scan_keys(snapshot: &Snapshot, mut f: impl FnMut(&[u8]) -> bool) -
     })
 }
 
-/// What [`check_read_only`] found in an index file.
+/// What [`check`] found in an index file.
 #[derive(Debug, Default)]
 pub(crate) struct IndexCheck {
     pub checkpoint: Option<Checkpoint>,
     pub records: u64,
     /// (key, what is wrong) for every damaged or inconsistent row.
     pub problems: Vec<(Vec<u8>, String)>,
-    /// Set when redb refused the read-only open because the file needs recovery.
+    /// What redb's integrity check found wrong with the file's pages, if anything.
+    pub pages: Option<String>,
+    /// Whether the file needs redb's recovery after a crash (it was not closed cleanly).
     pub needs_recovery: bool,
 }
 
-/// Opens the index read-only, verifies every record's checksum and the agreement of the
-/// `expiry` and `in_progress` tables with `records`, and calls `each` with every record's key
-/// and encoded entry. Writes nothing.
-pub(crate) fn check_read_only(
+/// redb's page cache for [`check`]: it reads each page about once.
+const CHECK_CACHE: usize = 16 << 20;
+
+/// Checks the index in `file` as the next open would find it: recovered first where a crash
+/// left it unclean, then every record's checksum and the agreement of the `expiry` and
+/// `in_progress` tables with `records` (`each` is called with every record's key and
+/// encoded entry), then redb's integrity check: the checksum of every page of its trees,
+/// and the allocator state an open would trust compared with one rebuilt from them, which
+/// finds damage no record's checksum covers (a branch page, redb's freed-page lists).
+///
+/// Recovery and the integrity check write to the file, so `file` must be a copy that may
+/// be written: `verify` passes its copy-on-write overlay's.
+pub(crate) fn check(
     file: Arc<dyn StorageFile>,
     each: impl FnMut(&[u8], &[u8]),
 ) -> Result<IndexCheck> {
-    let mut db = Guarded(None);
-    match guarded(|| Ok(Database::builder().open_read_only_with_backend(Backend(file)))) {
-        Ok(Ok(opened)) => db.0 = Some(opened),
-        Ok(Err(redb::DatabaseError::RepairAborted)) => {
-            return Ok(IndexCheck {
-                needs_recovery: true,
-                ..IndexCheck::default()
-            });
+    // A read-only open refuses a file that needs recovery: that is how it is told.
+    let needs_recovery = {
+        let mut db = Guarded(None);
+        let opened = guarded(|| {
+            Ok(Database::builder().open_read_only_with_backend(Backend::new(file.clone())))
+        })?;
+        match opened {
+            Ok(opened) => {
+                db.0 = Some(opened);
+                false
+            }
+            Err(redb::DatabaseError::RepairAborted) => true,
+            Err(e) => return Err(damaged_on_open(e.into())),
         }
-        Ok(Err(e)) => return Err(damaged_on_open(e.into())),
-        Err(e) => return Err(e),
-    }
-    guarded(|| check_tables(&db, each))
-}
-
-/// redb's page cache for [`check_pages`]: the check reads each page once.
-const PAGE_CHECK_CACHE: usize = 16 << 20;
-
-/// Runs redb's integrity check over the index in `file`, after the recovery a plain open
-/// runs if it needs one: the checksum of every page of its trees, and the allocator state
-/// a plain open would trust compared with one rebuilt from them. Damage there is found even where no record's own
-/// checksum covers it (a branch page, redb's freed-page lists). The check commits what it
-/// rebuilt, so `file` must be a copy that may be written (`verify` passes its overlay's).
-/// Returns what is wrong, if anything.
-pub(crate) fn check_pages(file: Arc<dyn StorageFile>) -> Result<Option<String>> {
+    };
     let mut db = Guarded(None);
-    let checked = guarded(|| {
+    let mut check = guarded(|| {
         let mut builder = Database::builder();
-        builder.set_cache_size(PAGE_CHECK_CACHE);
-        let db = db.0.insert(builder.create_with_backend(Backend(file))?);
+        builder.set_cache_size(CHECK_CACHE);
+        let db =
+            db.0.insert(builder.create_with_backend(Backend::new(file))?);
+        check_tables(db, each)
+    })
+    .map_err(damaged_on_open)?;
+    check.needs_recovery = needs_recovery;
+    let checked = guarded(|| {
+        let db = db.0.as_mut().expect("opened above");
         Ok(db.check_integrity()?)
     });
-    match checked.map_err(damaged_on_open) {
-        Ok(true) => Ok(None),
-        Ok(false) => Ok(Some(
+    check.pages = match checked.map_err(damaged_on_open) {
+        Ok(true) => None,
+        Ok(false) => Some(
             "its allocator state or tree roots disagree with its pages (redb repaired them in \
              a copy; the store's next open would trust the file as it is)"
                 .into(),
-        )),
-        Err(Error::Corruption { what, .. }) => Ok(Some(what)),
-        Err(e) => Err(e),
-    }
+        ),
+        Err(Error::Corruption { what, .. }) => Some(what),
+        Err(e) => return Err(e),
+    };
+    Ok(check)
 }
 
 fn check_tables(
-    db: &redb::ReadOnlyDatabase,
+    db: &impl ReadableDatabase,
     mut each: impl FnMut(&[u8], &[u8]),
 ) -> Result<IndexCheck> {
     let txn = db.begin_read()?;
@@ -804,26 +829,51 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 /// redb's view of a [`StorageFile`].
 #[derive(Debug)]
-struct Backend(Arc<dyn StorageFile>);
+struct Backend {
+    file: Arc<dyn StorageFile>,
+    /// Set by [`Index::freeze`]: every later write, resize and sync fails.
+    frozen: Arc<AtomicBool>,
+}
+
+impl Backend {
+    fn new(file: Arc<dyn StorageFile>) -> Backend {
+        Backend {
+            file,
+            frozen: Arc::default(),
+        }
+    }
+
+    fn writable(&self) -> io::Result<()> {
+        if self.frozen.load(Ordering::Acquire) {
+            return Err(io::Error::other(
+                "the store failed: its index stays as its last checkpoint left it until reopened",
+            ));
+        }
+        Ok(())
+    }
+}
 
 impl StorageBackend for Backend {
     fn len(&self) -> io::Result<u64> {
-        self.0.len()
+        self.file.len()
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
-        self.0.read_exact_at(out, offset)
+        self.file.read_exact_at(out, offset)
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.0.set_len(len)
+        self.writable()?;
+        self.file.set_len(len)
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        self.0.sync_data()
+        self.writable()?;
+        self.file.sync_data()
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.0.write_all_at(data, offset)
+        self.writable()?;
+        self.file.write_all_at(data, offset)
     }
 }

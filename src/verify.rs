@@ -10,7 +10,7 @@ use crate::clock::to_nanos;
 use crate::error::{Error, Result};
 use crate::index::{self, INDEX_FILE};
 use crate::key::describe;
-use crate::log::reader;
+use crate::log::{reader, segment};
 use crate::record::Entry;
 use crate::stats::TornTail;
 use crate::storage::{FsStorage, Overlay, Storage};
@@ -32,9 +32,8 @@ pub struct VerifyReport {
     /// A torn log tail that the next open will cut off. Normal after a crash; listed in
     /// `problems` too when the index checkpoint covers the damaged record.
     pub torn_tail: Option<TornTail>,
-    /// The index was not closed cleanly; the next open recovers it. Its pages were checked
-    /// (after that recovery, in memory), its records were not
-    /// checked (a read-only check cannot repair it).
+    /// The index was not closed cleanly; the next open recovers it. It was checked as that
+    /// recovery leaves it (recovered in memory; nothing is written).
     pub index_needs_recovery: bool,
     /// Every damage or disagreement found. Empty means the store verified.
     pub problems: Vec<Problem>,
@@ -88,7 +87,7 @@ pub fn verify(storage: impl Storage) -> Result<VerifyReport> {
     })?;
 
     let mut indexed: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
-    let check = index::check_read_only(storage.open(INDEX_FILE, false)?, |key, value| {
+    let check = index::check(storage.open(INDEX_FILE, false)?, |key, value| {
         indexed.insert(key.to_vec(), value.to_vec());
     })?;
     report.records = check.records;
@@ -101,9 +100,7 @@ pub fn verify(storage: impl Storage) -> Result<VerifyReport> {
             what,
         });
     }
-    // Also where the file needs recovery: redb's recovery after a crash trusts the allocator
-    // state its last durable commit saved, and checks no more pages than a plain open.
-    if let Some(what) = index::check_pages(storage.open(INDEX_FILE, false)?)? {
+    if let Some(what) = check.pages {
         report.problems.push(Problem {
             location: INDEX_FILE.into(),
             what: format!("redb's integrity check failed: {what}"),
@@ -135,8 +132,12 @@ pub fn verify(storage: impl Storage) -> Result<VerifyReport> {
             log_complete = true;
             report.segments = log.segments_read;
             report.last_lsn = log.last_lsn.unwrap_or(0);
+            // A tear cuts records the checkpoint includes only if its segment could hold
+            // some: not a segment whose creation after the checkpoint was cut short (a
+            // checkpoint starts a new segment, which may hold nothing yet).
             if let Some(torn) = &log.torn
                 && log.last_lsn.unwrap_or(0) < checkpoint
+                && segment::parse_name(&torn.segment).is_none_or(|first| first <= checkpoint)
             {
                 report.problems.push(Problem {
                     location: format!("{} at offset {}", torn.segment, torn.offset),
@@ -151,7 +152,9 @@ pub fn verify(storage: impl Storage) -> Result<VerifyReport> {
         }
     }
 
-    if log_complete && !report.index_needs_recovery {
+    // Recovered or not, the index holds its checkpoint's state (a crash rolls it back to
+    // its last durable commit, which is a checkpoint).
+    if log_complete {
         let now = to_nanos(SystemTime::now());
         for (key, logged) in covered {
             let location = format!("{INDEX_FILE} key {}", describe(&key));

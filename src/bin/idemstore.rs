@@ -593,7 +593,7 @@ fn verify_text(dir: &Path, report: &VerifyReport, out: &mut dyn Write) -> io::Re
     if report.index_needs_recovery {
         writeln!(
             out,
-            "  note: the index was not closed cleanly; its records were not checked (the next open recovers it)"
+            "  note: the index was not closed cleanly; it was checked as the next open will recover it"
         )?;
     }
     Ok(())

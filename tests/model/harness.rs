@@ -371,6 +371,12 @@ impl<'a> Harness<'a> {
         self.disk.clear_faults();
         self.faults = false;
         self.tally.crashes += 1;
+        // A power cut damages nothing: `verify`, which checks the store as its recovery
+        // will find it, must find it clean.
+        match idemstore::verify(self.disk.clone()) {
+            Ok(report) => assert!(report.is_clean(), "verify after {mode:?}: {report:?}"),
+            Err(e) => panic!("verify after {mode:?} failed: {e}"),
+        }
         self.recover();
     }
 
