@@ -716,6 +716,20 @@ fn check_tables(
         match decode_entry(key, value) {
             Err(e) => check.problems.push((key.to_vec(), e.to_string())),
             Ok(entry) => {
+                // The index holds only changes the checkpoint covers, whose tokens were all
+                // handed out before it: a token at or above its next one would be handed out
+                // again after a reopen.
+                if let Some(cp) = check.checkpoint
+                    && entry.token >= cp.next_token
+                {
+                    check.problems.push((
+                        key.to_vec(),
+                        format!(
+                            "fencing token {} is not below the checkpoint's next token {}",
+                            entry.token, cp.next_token
+                        ),
+                    ));
+                }
                 if expiry.get((entry.expires_at, key))?.is_none() {
                     check
                         .problems
@@ -875,5 +889,57 @@ impl StorageBackend for Backend {
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.writable()?;
         self.file.write_all_at(data, offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Fingerprint;
+    use crate::record::{Body, Entry};
+    use crate::storage::{SimDisk, Storage};
+
+    const SETTINGS: IndexSettings = IndexSettings {
+        pages: 1 << 20,
+        records: 0,
+        verify_on_open: false,
+    };
+
+    /// An index holding one claim with fencing token `token`, checkpointed with
+    /// `next_token`.
+    fn index_with_token(disk: &SimDisk, token: u64, next_token: u64) {
+        let file = disk.open(INDEX_FILE, true).unwrap();
+        let index = Index::open(file, SETTINGS, true).unwrap();
+        let key: Arc<[u8]> = Arc::from(&b"\x01a\x01b\x01c"[..]);
+        let entry = Entry {
+            fingerprint: Fingerprint::of(b"request"),
+            token,
+            attempt: 1,
+            expires_at: u64::MAX,
+            body: Body::InProgress {
+                lease_expires_at: u64::MAX,
+            },
+        };
+        let change = Change {
+            lsn: 1,
+            key: key.clone(),
+            entry: Some(entry.encode(&key).into()),
+        };
+        let checkpoint = Checkpoint { lsn: 1, next_token };
+        index.apply(&[change], Some(checkpoint)).unwrap();
+    }
+
+    #[test]
+    fn check_reports_a_token_the_checkpoint_would_hand_out_again() {
+        let sound = SimDisk::new("sound");
+        index_with_token(&sound, 4, 5);
+        let found = check(sound.open(INDEX_FILE, false).unwrap(), |_, _| {}).unwrap();
+        assert_eq!((found.records, found.problems.len()), (1, 0), "{found:?}");
+
+        let unsound = SimDisk::new("unsound");
+        index_with_token(&unsound, 5, 5);
+        let found = check(unsound.open(INDEX_FILE, false).unwrap(), |_, _| {}).unwrap();
+        assert_eq!(found.problems.len(), 1, "{found:?}");
+        assert!(found.problems[0].1.contains("fencing token 5"), "{found:?}");
     }
 }
