@@ -128,7 +128,7 @@ pub(crate) struct Checkpoint {
 pub(crate) struct IndexSettings {
     pub pages: usize,
     pub records: usize,
-    /// redb's integrity check on every open, not only after a crash (see
+    /// redb's integrity check on every open (see
     /// [`Options::verify_index_on_open`](crate::Options::verify_index_on_open)).
     pub verify_on_open: bool,
 }
@@ -170,7 +170,8 @@ impl Index {
         create: bool,
     ) -> Result<Index> {
         let mut db = Guarded(None);
-        let mut frozen = Arc::default();
+        let backend = Backend::new(file);
+        let frozen = backend.frozen.clone();
         let repaired = Arc::new(AtomicBool::new(false));
         let snapshot = guarded(|| {
             let mut builder = Database::builder();
@@ -178,8 +179,6 @@ impl Index {
             builder.set_check_integrity_on_open(settings.verify_on_open);
             let flag = repaired.clone();
             builder.set_repair_callback(move |_| flag.store(true, Ordering::Relaxed));
-            let backend = Backend::new(file);
-            frozen = backend.frozen.clone();
             let db = db.0.insert(builder.create_with_backend(backend)?);
             if create {
                 // Quick-repair like every durable commit: were this the last commit before a

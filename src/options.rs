@@ -192,14 +192,14 @@ impl Options {
     }
 
     /// Whether every open checks the whole index file (redb's integrity check: every page's
-    /// checksum, and the allocator state rebuilt from the trees), not only an open after a
-    /// crash. Default `false`.
+    /// checksum, and the allocator state rebuilt from the trees). Default `false`.
     ///
     /// Without it, an index is trusted as its last durable commit left it, after a clean
     /// close and after a crash alike (redb then loads the allocator state that commit saved,
     /// without walking the file): damage made to it since (a flipped bit on disk, a stray
-    /// write by another program) is found only where a read meets it, and some damage to redb's own bookkeeping makes redb
-    /// panic in a way that aborts the process (`docs/reliability.md`, finding 17). With it,
+    /// write by another program) is found only where a read meets it, and some damage to
+    /// redb's own bookkeeping makes redb panic in a way that aborts the process
+    /// (`docs/reliability.md`, finding 17). With it,
     /// such damage is found on open: the index is rebuilt from the log when the log still
     /// holds every change since the store was created, and the open fails with
     /// [`Error::Corruption`](crate::Error::Corruption) otherwise.

@@ -238,7 +238,7 @@ fn damaged_directory(input: &mut Input<'_>, tally: &mut Tally) {
     let damages = input.below(4);
     let mut index_damaged = false;
     for _ in 0..damages {
-        index_damaged |= damage(input, &disk).as_deref() == Some(INDEX_FILE);
+        index_damaged |= damage(input, &disk).as_deref() == Some(format::INDEX_FILE);
     }
     let verified_clean = check_verify_survives(&disk);
     let files: Vec<Vec<u8>> = disk
@@ -256,9 +256,9 @@ fn damaged_directory(input: &mut Input<'_>, tally: &mut Tally) {
             .collect::<BTreeMap<_, _>>()
     });
     // Damage to an index is found on open only by redb's integrity check (a crash's recovery
-    // trusts the allocator state the last durable commit saved);
-    // without it, some damage aborts the process inside redb (docs/reliability.md, finding
-    // 17), and `tests/index_damage.rs` covers plain opens of a damaged index instead.
+    // trusts the allocator state the last durable commit saved). Without it some damage
+    // aborts the process inside redb (docs/reliability.md, finding 17), so a damaged index
+    // is opened with it here; `tests/index_damage.rs` covers plain opens of one.
     let opts = options(&clock).verify_index_on_open(index_damaged);
     let before = (tally.refused, tally.rebuilt);
     open_and_check(&disk, &opts, &written, expected.as_ref(), tally);
@@ -270,9 +270,6 @@ fn damaged_directory(input: &mut Input<'_>, tally: &mut Tally) {
         );
     }
 }
-
-/// The index's file name.
-const INDEX_FILE: &str = "index.redb";
 
 /// Damages one file of `disk`, chosen by `input`, and returns its name.
 fn damage(input: &mut Input<'_>, disk: &SimDisk) -> Option<String> {
