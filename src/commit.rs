@@ -59,18 +59,13 @@ const APPLY_BATCH: usize = 4096;
 /// keep ahead of the writers, and a bound on the pause when a recovery left a long backlog.
 const APPLY_CHUNK: usize = 2 * APPLY_BATCH;
 
-/// Queued changes beyond which a leader applies a chunk itself even though the background
-/// thread was asked to (it is behind the writers).
-const APPLY_BACKLOG: usize = 16 * APPLY_BATCH;
+/// The memory a queued change is charged beyond its key and entry: its place in the queue
+/// and in `recent`, and two reference counts (see [`Options::backlog_size`]).
+const CHANGE_OVERHEAD: usize = 96;
 
-/// The backlog beyond which leaders help while a checkpoint holds the index (its durable
-/// commit can take a second on a large index, and a leader that helps waits all of it, and
-/// its batch's callers with it): up to about 100 MiB of changes in memory meanwhile.
-const CHECKPOINT_BACKLOG: usize = 4 * APPLY_BACKLOG;
-
-/// How often a leader waiting to help a busy index looks again at the backlog (see
-/// [`Apply::Help`]).
-const HELP_POLL: Duration = Duration::from_millis(1);
+/// How long a leader waiting for the index to catch up sleeps before it looks again whether
+/// the store was closed or failed (each applied chunk wakes it before that).
+const BACKLOG_RECHECK: Duration = Duration::from_millis(50);
 
 /// How many of the latest registered wakers a poll looks through for its own before it adds
 /// itself again (a task polled twice for one change; a duplicate only costs a spurious wake).
@@ -105,12 +100,12 @@ pub(crate) struct Shared {
     recent: RwLock<Recent>,
     /// `recent.len()`, readable without the lock (0 lets readers skip it).
     recent_len: AtomicUsize,
-    /// Acknowledged changes waiting for the index, in LSN order.
-    unapplied: Mutex<Vec<Change>>,
+    /// Acknowledged changes waiting for the index, and the memory they take.
+    unapplied: Mutex<Unapplied>,
+    /// Wakes leaders waiting for the backlog to shrink (see [`Shared::wait_for_index`]).
+    drained: Condvar,
     /// Held while changes are applied to the index; holds the last applied LSN.
     apply: Mutex<u64>,
-    /// Whether a checkpoint holds `apply` (see [`CHECKPOINT_BACKLOG`]).
-    checkpointing: AtomicBool,
     pub io: Mutex<Io>,
     pub index: Index,
     /// The key filter in front of `recent` and the index (see `filter.rs`).
@@ -139,6 +134,28 @@ pub(crate) fn publish(recent: &mut Recent, changes: &[Change]) {
     for change in changes {
         recent.insert(change.key.clone(), (change.lsn, change.entry.clone()));
     }
+}
+
+/// Acknowledged changes waiting for the index.
+#[derive(Default)]
+struct Unapplied {
+    /// In LSN order.
+    changes: Vec<Change>,
+    /// The memory charged for these and for the changes being applied (taken from `changes`
+    /// but not yet in the index): [`footprint`] each.
+    bytes: usize,
+}
+
+impl Unapplied {
+    fn push(&mut self, changes: Vec<Change>) {
+        self.bytes += changes.iter().map(footprint).sum::<usize>();
+        self.changes.extend(changes);
+    }
+}
+
+/// The memory a change waiting for the index is charged (see [`Options::backlog_size`]).
+fn footprint(change: &Change) -> usize {
+    change.key.len() + change.entry.as_ref().map_or(0, |e| e.len()) + CHANGE_OVERHEAD
 }
 
 /// Removes and returns the wakers of the waiters whose LSN is at most `acknowledged`.
@@ -266,10 +283,14 @@ impl Shared {
             gathered: Condvar::new(),
             recent_len: AtomicUsize::new(parts.recent.len()),
             recent: RwLock::new(parts.recent),
-            unapplied: Mutex::new(parts.replayed),
+            unapplied: Mutex::new({
+                let mut unapplied = Unapplied::default();
+                unapplied.push(parts.replayed);
+                unapplied
+            }),
+            drained: Condvar::new(),
             // The index holds everything through the checkpoint, and nothing after it.
             apply: Mutex::new(parts.checkpoint_lsn),
-            checkpointing: AtomicBool::new(false),
             io: Mutex::new(Io {
                 writer: parts.writer,
                 written_lsn: last_lsn,
@@ -503,20 +524,15 @@ impl Shared {
                 // it where there is one, so that no caller waits for an index commit (a
                 // checkpoint's fsync of a large index takes long); otherwise this caller.
                 drop(core);
-                let done = if !self.hand_to_background(follow_up) {
-                    match follow_up {
+                if self.hand_to_background(follow_up) {
+                    self.wait_for_index();
+                } else {
+                    // A failure has poisoned the handle; this caller's write is acknowledged.
+                    let _ = match follow_up {
                         FollowUp::Checkpoint => self.checkpoint(),
                         _ => self.apply_pending(Apply::IfIdle),
-                    }
-                } else if self.unapplied.lock().len() > self.backlog_limit() {
-                    // The background thread is behind: writers help, and so wait for the
-                    // index (backpressure), or memory would grow without bound.
-                    self.apply_pending(Apply::Help)
-                } else {
-                    Ok(())
-                };
-                // A failure has poisoned the handle; this caller's write is acknowledged.
-                let _ = done;
+                    };
+                }
                 return Ok(true);
             }
         }
@@ -637,10 +653,10 @@ impl Shared {
             self.recent_len.store(recent.len(), Ordering::Release);
         }
         let mut unapplied = self.unapplied.lock();
-        unapplied.extend(changes);
+        unapplied.push(changes);
         Ok(if checkpoint_due {
             FollowUp::Checkpoint
-        } else if unapplied.len() >= APPLY_BATCH {
+        } else if unapplied.changes.len() >= APPLY_BATCH {
             FollowUp::Apply
         } else {
             FollowUp::Nothing
@@ -656,27 +672,15 @@ impl Shared {
                 Some(guard) => guard,
                 None => return Ok(()),
             },
-            // Not queued behind whoever holds the index (a checkpoint's durable commit can take
-            // a second or more): until the backlog is back under the limit, which a checkpoint
-            // raises, or the index is free to apply a chunk.
-            Apply::Help => loop {
-                if self.unapplied.lock().len() <= self.backlog_limit() {
-                    return Ok(());
-                }
-                if let Some(guard) = self.apply.try_lock_for(HELP_POLL) {
-                    break guard;
-                }
-            },
             Apply::Chunk | Apply::Wait | Apply::Checkpoint => self.apply.lock(),
         };
-        let changes = {
+        let changes: Vec<Change> = {
             let mut unapplied = self.unapplied.lock();
-            if matches!(mode, Apply::IfIdle | Apply::Chunk | Apply::Help)
-                && unapplied.len() > APPLY_CHUNK
+            if matches!(mode, Apply::IfIdle | Apply::Chunk) && unapplied.changes.len() > APPLY_CHUNK
             {
-                unapplied.drain(..APPLY_CHUNK).collect()
+                unapplied.changes.drain(..APPLY_CHUNK).collect()
             } else {
-                mem::take(&mut *unapplied)
+                mem::take(&mut unapplied.changes)
             }
         };
         if mode == Apply::Checkpoint {
@@ -705,33 +709,26 @@ impl Shared {
         } else {
             None
         };
-        self.checkpointing.store(mark.is_some(), Ordering::Release);
-        let applied_now = self.index.apply(&changes, mark);
-        self.checkpointing.store(false, Ordering::Release);
-        if let Err(e) = applied_now {
+        if let Err(e) = self.index.apply(&changes, mark) {
             self.fail(&e);
             return Err(e);
         }
         *applied = last;
-        let mut recent = self.recent.write();
-        recent.retain(|_, (lsn, _)| *lsn > last);
-        self.recent_len.store(recent.len(), Ordering::Release);
-        Ok(())
-    }
-
-    /// The queued changes beyond which a leader applies a chunk itself.
-    fn backlog_limit(&self) -> usize {
-        if self.checkpointing.load(Ordering::Acquire) {
-            CHECKPOINT_BACKLOG
-        } else {
-            APPLY_BACKLOG
+        {
+            let mut recent = self.recent.write();
+            recent.retain(|_, (lsn, _)| *lsn > last);
+            self.recent_len.store(recent.len(), Ordering::Release);
         }
+        // Under the lock the waiters check the backlog with: none misses the wake-up.
+        self.unapplied.lock().bytes -= changes.iter().map(footprint).sum::<usize>();
+        self.drained.notify_all();
+        Ok(())
     }
 
     /// Applies acknowledged changes in chunks while at least a batch's worth is queued (the
     /// background thread's share of a leader's follow-up).
     pub fn apply_backlog(&self) -> Result<()> {
-        while self.unapplied.lock().len() >= APPLY_BATCH {
+        while self.unapplied.lock().changes.len() >= APPLY_BATCH {
             self.apply_pending(Apply::Chunk)?;
             if self.check_open().is_err() {
                 break;
@@ -740,14 +737,41 @@ impl Shared {
         Ok(())
     }
 
+    /// Waits, after a group commit, while the changes waiting for the index take more than
+    /// [`Options::backlog_size`]: the backpressure that keeps writers at the index's pace, and
+    /// memory bounded, once the background thread falls behind. Not once the store is closed
+    /// or failed.
+    ///
+    /// The background thread, which drains the backlog, never gets here: it leads no group
+    /// commit (its checkpoint waits only for a batch already written, whose leader runs).
+    fn wait_for_index(&self) {
+        let limit = self.options.backlog_size;
+        let mut unapplied = self.unapplied.lock();
+        while unapplied.bytes > limit {
+            if self
+                .drained
+                .wait_for(&mut unapplied, BACKLOG_RECHECK)
+                .timed_out()
+                && MutexGuard::unlocked(&mut unapplied, || {
+                    self.check_open().is_err() || self.poisoned().is_err()
+                })
+            {
+                return;
+            }
+        }
+    }
+
     /// Poisons the handle, and wakes every asynchronous waiter to read the failure (no
-    /// commit will answer them now).
+    /// commit will answer them now) and every leader waiting for the index.
     fn fail(&self, err: &Error) {
         let mut core = self.core.lock();
         self.poison(&mut core, err);
         let waiting = mem::take(&mut core.wakers);
         drop(core);
         waiting.into_iter().for_each(|(_, waker)| waker.wake());
+        // Leaders waiting for the index: no apply will wake them now (a missed wake-up costs
+        // one recheck, see [`Shared::wait_for_index`]).
+        self.drained.notify_all();
     }
 
     /// Makes the handle refuse writes (`Error::PreviousIo`, with the first failure as its
@@ -876,6 +900,9 @@ impl Shared {
                 let applying = self.apply.lock();
                 total += self.index.purge(chunk).inspect_err(|e| self.fail(e))?;
                 drop(applying);
+                // What writers queued meanwhile, before the next chunk: on the background
+                // thread, no one else applies it, and writers wait once it is over the limit.
+                self.apply_backlog()?;
             }
             if !more {
                 break;
@@ -894,9 +921,6 @@ pub(crate) enum Apply {
     IfIdle,
     /// As `IfIdle`, but wait for a running apply (the background thread).
     Chunk,
-    /// As `Chunk`, but only while the backlog is over [`Shared::backlog_limit`], and never
-    /// waiting longer for a running apply than that (a leader's backpressure).
-    Help,
     /// Wait for a running apply, then apply the rest (before scans of the index).
     Wait,
     /// As `Wait`, and commit even when nothing is queued (to record the checkpoint).
@@ -1130,12 +1154,16 @@ mod tests {
         );
     }
 
-    /// A store for the backlog tests: writes that never wait for a sync.
+    /// The backlog limit of the backlog tests: about 2 600 claims.
+    const TEST_BACKLOG: usize = 1 << 20;
+
+    /// A store for the backlog tests: writes that never wait for a sync, and a small backlog.
     fn backlog_store() -> (tempfile::TempDir, crate::Store) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Options::new()
             .durability(Durability::None)
             .cache_size(16 << 20)
+            .backlog_size(TEST_BACKLOG)
             .open(dir.path())
             .expect("open");
         (dir, store)
@@ -1162,93 +1190,65 @@ mod tests {
         })
     }
 
-    /// Stalls the index (as a checkpoint does, if `checkpoint`), lets four writers run until
-    /// they stop, and returns how many changes were queued then.
-    fn backlog_of_a_stalled_index(checkpoint: bool) -> usize {
+    #[test]
+    fn writers_wait_for_a_stalled_index_once_the_backlog_is_full_then_go_on() {
         let (_dir, store) = backlog_store();
         let shared = store.shared().clone();
-        // A stalled index: the background thread, and every writer that comes to help it,
-        // waits for this.
+        // A stalled index: the background thread waits for this.
         let stalled = shared.apply.lock();
-        shared.checkpointing.store(checkpoint, Ordering::Release);
         let written = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let writers: Vec<_> = (0..4)
             .map(|t| claim_new_keys(&store, t, &written, &stop))
             .collect();
-        let unapplied = || shared.unapplied.lock().len();
-        eventually("the backlog never filled", || unapplied() > APPLY_BACKLOG);
+        let backlog = || shared.unapplied.lock().bytes;
+        eventually("the backlog never filled", || backlog() > TEST_BACKLOG);
         let mut last = written.load(Ordering::Relaxed);
         eventually("the writers went on past a full backlog", || {
             thread::sleep(Duration::from_millis(300));
             let now = written.load(Ordering::Relaxed);
             std::mem::replace(&mut last, now) == now
         });
-        let held = unapplied();
+        // Past the limit, each batch's leader waits and the rest go on: batches of at most
+        // 4, 3, 2 and 1 changes (of about 250 bytes each) went in after the limit was reached.
+        let held = backlog();
+        assert!(
+            held <= TEST_BACKLOG + 10 * 256,
+            "{held} bytes queued for a stalled index: memory is not bounded"
+        );
+        let queued = shared.unapplied.lock().changes.len();
+        assert_eq!(
+            held,
+            shared
+                .unapplied
+                .lock()
+                .changes
+                .iter()
+                .map(footprint)
+                .sum::<usize>(),
+            "the charge is the queued changes' ({queued})"
+        );
 
-        stop.store(true, Ordering::Relaxed);
-        shared.checkpointing.store(false, Ordering::Release);
+        // The index is free again: the background thread catches up, and the writers go on.
         drop(stalled);
+        let resumed_at = written.load(Ordering::Relaxed);
+        eventually("the writers did not go on", || {
+            written.load(Ordering::Relaxed) > resumed_at + 4 * queued as u64
+        });
+        stop.store(true, Ordering::Relaxed);
         for w in writers {
             w.join().expect("a writer");
         }
-        let written = written.load(Ordering::Relaxed);
-        assert!(written > APPLY_BACKLOG as u64);
         let stats = store.stats().expect("stats");
         assert_eq!(
-            stats.in_progress, written,
+            stats.in_progress,
+            written.load(Ordering::Relaxed),
             "every acknowledged claim reached the index"
         );
-        assert_eq!(unapplied(), 0);
-        held
-    }
-
-    #[test]
-    fn writers_wait_for_the_index_once_the_backlog_is_full() {
-        let held = backlog_of_a_stalled_index(false);
-        assert!(
-            held <= APPLY_BACKLOG + 64,
-            "{held} changes queued for a stalled index: memory is not bounded"
-        );
-    }
-
-    #[test]
-    fn writers_wait_out_a_checkpoint_up_to_a_larger_backlog() {
-        let held = backlog_of_a_stalled_index(true);
-        assert!(
-            held > APPLY_BACKLOG + 64,
-            "writers stopped at {held} changes queued while a checkpoint held the index"
-        );
-        assert!(
-            held <= CHECKPOINT_BACKLOG + 64,
-            "{held} changes queued while a checkpoint held the index: memory is not bounded"
-        );
-    }
-
-    #[test]
-    fn writers_stopped_by_a_full_backlog_go_on_once_a_checkpoint_raises_the_limit() {
-        let (_dir, store) = backlog_store();
-        let shared = store.shared().clone();
-        // The index is busy with an apply (held here), and the backlog fills behind it.
-        let busy = shared.apply.lock();
-        let written = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let writer = claim_new_keys(&store, 0, &written, &stop);
-        let unapplied = || shared.unapplied.lock().len();
-        eventually("the backlog never filled", || unapplied() > APPLY_BACKLOG);
-        // Now the apply holding the index is a checkpoint: the writer, waiting to help, sees
-        // the larger limit and goes on, instead of waiting for the index to be free.
-        shared.checkpointing.store(true, Ordering::Release);
-        eventually("the writer still waits for the busy index", || {
-            unapplied() > APPLY_BACKLOG + 1024
-        });
-        stop.store(true, Ordering::Relaxed);
-        shared.checkpointing.store(false, Ordering::Release);
-        drop(busy);
-        writer.join().expect("the writer");
         assert_eq!(
-            store.stats().expect("stats").in_progress,
-            written.load(Ordering::Relaxed)
+            backlog(),
+            0,
+            "nothing is charged once everything is applied"
         );
     }
 }

@@ -56,6 +56,7 @@ pub struct Options {
     pub(crate) segment_size: u64,
     pub(crate) cache_size: usize,
     pub(crate) record_cache_size: usize,
+    pub(crate) backlog_size: usize,
     pub(crate) read_only: bool,
     pub(crate) lapse_claims_on_open: bool,
     pub(crate) compact_on_close: bool,
@@ -76,6 +77,7 @@ impl Default for Options {
             segment_size: 64 << 20,
             cache_size: 1 << 30,
             record_cache_size: 512 << 20,
+            backlog_size: 64 << 20,
             read_only: false,
             lapse_claims_on_open: false,
             compact_on_close: true,
@@ -97,6 +99,7 @@ impl fmt::Debug for Options {
             .field("segment_size", &self.segment_size)
             .field("cache_size", &self.cache_size)
             .field("record_cache_size", &self.record_cache_size)
+            .field("backlog_size", &self.backlog_size)
             .field("read_only", &self.read_only)
             .field("compact_on_close", &self.compact_on_close)
             .field("verify_index_on_open", &self.verify_index_on_open)
@@ -247,6 +250,23 @@ impl Options {
     /// and never changes an answer, only how fast it comes (`docs/design.md`, Record cache).
     pub fn record_cache_size(mut self, bytes: usize) -> Options {
         self.record_cache_size = bytes;
+        self
+    }
+
+    /// Memory for acknowledged changes waiting for the index, in bytes (their keys and
+    /// entries and a fixed allowance each). Default 64 MiB, about 200 000 changes of 48-byte
+    /// keys and 200-byte outcomes: a second or more of writes at full speed, time for a
+    /// checkpoint's durable commit of a large index to finish while writes go on.
+    ///
+    /// Every change is durable in the log, and served from memory, as soon as it is
+    /// acknowledged; the index receives it later, in large commits on the background thread.
+    /// Past this limit, the caller that led a group commit waits, once its batch is
+    /// acknowledged, until the background thread has brought the backlog back under it
+    /// (backpressure): writes then go at the index's pace. Without a background thread
+    /// (every interval `None` and [`Durability`] not `Periodic`), leaders apply the backlog
+    /// themselves and this limit is not used.
+    pub fn backlog_size(mut self, bytes: usize) -> Options {
+        self.backlog_size = bytes;
         self
     }
 
