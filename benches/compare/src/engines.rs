@@ -27,6 +27,12 @@ pub trait Engine: Sync {
     fn worker(&self) -> Res<Box<dyn Worker + '_>>;
     /// Loads keys `0..n` with completed outcomes.
     fn load(&self, n: u64) -> Res<Duration>;
+    /// Finishes the work the engine deferred past the acknowledgement of the writes just
+    /// measured, which it would otherwise do while later writes run; `false` if it defers
+    /// none that the harness can wait for.
+    fn catch_up(&self) -> Res<bool> {
+        Ok(false)
+    }
 }
 
 // ---------------------------------------------------------------- idemstore
@@ -56,6 +62,11 @@ impl Engine for Idem {
         })?;
         self.store.checkpoint()?;
         Ok(took)
+    }
+    /// Applies the acknowledged changes still waiting for the index (`stats` does that first).
+    fn catch_up(&self) -> Res<bool> {
+        self.store.stats()?;
+        Ok(true)
     }
 }
 

@@ -259,9 +259,34 @@ impl Run {
                 || engine.worker(),
                 |w, _, _| w.claim_complete(&key(fresh.next())),
             )?;
+            let catching_up = Instant::now();
+            let caught_up = engine.catch_up()?.then(|| catching_up.elapsed());
             self.row(&group, subject, &m, note());
+            if let Some(took) = caught_up {
+                self.caught_up_row(&group, subject, &m, took);
+            }
         }
         Ok(())
+    }
+
+    /// The rate of a write row counting the time its engine then took to finish what it
+    /// deferred (see [`Engine::catch_up`]): a burst of writes can outrun the work they leave
+    /// behind, and this is the rate that can be kept up.
+    fn caught_up_row(&mut self, group: &str, subject: &str, m: &Measured, took: Duration) {
+        let total = m.elapsed + took;
+        self.figure(
+            group,
+            &format!("{subject}{CAUGHT_UP}"),
+            m.ops as f64 / total.as_secs_f64(),
+            "ops/s",
+            format!(
+                "the row above's {} ops over its {:.2} s and the {:.2} s the index then took to \
+                 apply what they left queued",
+                m.ops,
+                m.elapsed.as_secs_f64(),
+                took.as_secs_f64()
+            ),
+        );
     }
 }
 
@@ -274,9 +299,9 @@ impl Run {
             let group = write_group(callers);
             self.progress(&format!("{group}: {IDEM_ASYNC}"));
             let base = self.fresh.reserve(1 << 40);
-            let store = store.clone();
+            let tasks = store.clone();
             let m = run_timed_tasks(callers, workers, self.write_budget(), move |t, n| {
-                let store = store.clone();
+                let store = tasks.clone();
                 async move {
                     let key = key(base + ((t as u64) << 32) + n);
                     match store.begin_async(&key, REQUEST).await? {
@@ -290,12 +315,16 @@ impl Run {
                     }
                 }
             })?;
+            let catching_up = Instant::now();
+            store.stats()?;
+            let took = catching_up.elapsed();
             let note = format!(
                 "{} on {workers} Tokio worker threads; {}",
                 plural(callers, "task"),
                 note()
             );
             self.row(&group, IDEM_ASYNC, &m, note);
+            self.caught_up_row(&group, IDEM_ASYNC, &m, took);
         }
         Ok(())
     }
@@ -327,6 +356,8 @@ fn write_group(callers: usize) -> String {
 const REDB_REUSED: &str = "raw redb, read txn reused";
 const IDEM_IMMEDIATE: &str = "idemstore Immediate";
 const IDEM_ASYNC: &str = "idemstore Immediate, async (begin_async/complete_async)";
+/// Appended to a write row's subject for its rate until the index caught up.
+const CAUGHT_UP: &str = ", until the index caught up";
 const PHYS_ONE: &str = "append + fdatasync per record";
 const PHYS_64: &str = "64 records per fdatasync (append)";
 
@@ -1223,41 +1254,54 @@ fn check_bars(run: &mut Run) {
     };
     let callers = run.args.callers.iter().copied().max().unwrap_or(64);
     let group_c = write_group(callers);
+    // A write row's rate, and its rate until the index caught up (the rate that can be kept
+    // up; the same where that was not measured). A bar on writes is met only if both meet it.
+    let rates = |g: &str, s: &str| {
+        find(g, s).map(|burst| (burst, find(g, &format!("{s}{CAUGHT_UP}")).unwrap_or(burst)))
+    };
+    let both = |(burst, kept): (f64, f64), f: &dyn Fn(f64) -> String| {
+        format!("{}; {} until the index caught up", f(burst), f(kept))
+    };
     // The better of the two ways to have many callers: a thread each, or a task each.
     let (how, idem_c) = [("threads", IDEM_IMMEDIATE), ("async tasks", IDEM_ASYNC)]
         .into_iter()
-        .filter_map(|(how, subject)| find(&group_c, subject).map(|v| (how, v)))
-        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .filter_map(|(how, subject)| rates(&group_c, subject).map(|v| (how, v)))
+        .max_by(|a, b| a.1.1.total_cmp(&b.1.1))
         .map_or(("", None), |(how, v)| (how, Some(v)));
     let phys_64 = physical_rate(run, PHYS_64);
-    let ratio = idem_c.zip(phys_64).map(|(i, p)| 2.0 * i / p);
+    let ratio = idem_c
+        .zip(phys_64)
+        .map(|((b, k), p)| (2.0 * b / p, 2.0 * k / p));
     bar(
         &format!(
             "claim+complete, {callers} callers, Immediate: ≥ 50% of the group-commit record rate"
         ),
-        ratio.map(|r| {
+        ratio.zip(phys_64).map(|(r, p)| {
             format!(
-                "{:.0}% ({:.0} records/s of {:.0}; {callers} {how})",
-                r * 100.0,
-                2.0 * idem_c.unwrap_or(0.0),
-                phys_64.unwrap_or(0.0)
+                "{} (of {p:.0} records/s; {callers} {how})",
+                both(r, &|r| format!(
+                    "{:.0}% ({:.0} records/s)",
+                    r * 100.0,
+                    r * p
+                ))
             )
         }),
-        ratio.map(|r| r >= 0.5),
+        ratio.map(|(b, k)| b >= 0.5 && k >= 0.5),
     );
     let redis = run
         .rows
         .iter()
         .find(|r| r.group == group_c && r.subject.starts_with("Redis"))
         .map(|r| (r.value, r.subject.contains("appendfsync=always")));
-    let ratio = idem_c.zip(redis).map(|(i, (r, _))| i / r);
+    let ratio = idem_c.zip(redis).map(|((b, k), (r, _))| (b / r, k / r));
     bar(
         &format!(
             "claim+complete, {callers} callers, Immediate: ≥ 3× Redis appendfsync always (issue: 50 clients)"
         ),
         ratio.map(|r| {
             format!(
-                "{r:.2}× Redis with {callers} clients ({callers} {how}){}",
+                "{} Redis with {callers} clients ({callers} {how}){}",
+                both(r, &|r| format!("{r:.2}×")),
                 if redis.is_some_and(|(_, always)| !always) {
                     " (that Redis was NOT appendfsync always)"
                 } else {
@@ -1265,15 +1309,17 @@ fn check_bars(run: &mut Run) {
                 }
             )
         }),
-        ratio.map(|r| r >= 3.0),
+        ratio.map(|(b, k)| b >= 3.0 && k >= 3.0),
     );
-    let idem_1 = find(&write_group(1), IDEM_IMMEDIATE);
+    let idem_1 = rates(&write_group(1), IDEM_IMMEDIATE);
     let phys_one = physical_rate(run, PHYS_ONE);
-    let ratio = idem_1.zip(phys_one).map(|(i, p)| i / (p / 2.0));
+    let ratio = idem_1
+        .zip(phys_one)
+        .map(|((b, k), p)| (b / (p / 2.0), k / (p / 2.0)));
     bar(
         "claim+complete, 1 caller, Immediate: ≥ 0.9× two appends + two fdatasyncs",
-        ratio.map(|r| format!("{r:.2}×")),
-        ratio.map(|r| r >= 0.9),
+        ratio.map(|r| both(r, &|r| format!("{r:.2}×"))),
+        ratio.map(|(b, k)| b >= 0.9 && k >= 0.9),
     );
     let hit1 = lookup_group("hit", 1);
     let hit2 = lookup_group("hit", 2);
