@@ -36,6 +36,10 @@ pub fn options(clock: &idemstore::ManualClock) -> idemstore::Options {
         // About one record per shard of the record cache: lookups hit it, miss it, and
         // evict from it, and records too large for it bypass it.
         .record_cache_size(32 << 10)
+        // A few dozen changes: the index receives non-durable commits between checkpoints
+        // (applies are due once the queue is over this), as it does under load, so that
+        // power cuts strike an index ahead of its last checkpoint.
+        .backlog_size(8 << 10)
 }
 
 /// Polls `future` to its end on this thread, parking between polls: a minimal executor for
