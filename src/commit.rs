@@ -237,6 +237,10 @@ pub(crate) struct Counters {
     pub syncs: AtomicU64,
     pub checkpoints: AtomicU64,
     pub purged: AtomicU64,
+    /// Waits of leaders for the index to catch up (see [`Shared::wait_for_index`]), and
+    /// their total time.
+    pub backlog_waits: AtomicU64,
+    pub backlog_wait_nanos: AtomicU64,
 }
 
 /// A recovered store's parts, to build a [`Shared`] from.
@@ -769,6 +773,10 @@ impl Shared {
     fn wait_for_index(&self) {
         let limit = self.options.backlog_size;
         let mut unapplied = self.unapplied.lock();
+        if unapplied.bytes <= limit {
+            return;
+        }
+        let started = Instant::now();
         while unapplied.bytes > limit {
             if self
                 .drained
@@ -778,9 +786,14 @@ impl Shared {
                     self.check_open().is_err() || self.poisoned().is_err()
                 })
             {
-                return;
+                break;
             }
         }
+        drop(unapplied);
+        let c = &self.counters;
+        c.backlog_waits.fetch_add(1, Ordering::Relaxed);
+        let waited = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        c.backlog_wait_nanos.fetch_add(waited, Ordering::Relaxed);
     }
 
     /// Poisons the handle, and wakes every asynchronous waiter to read the failure (no
@@ -1271,6 +1284,13 @@ mod tests {
             backlog(),
             0,
             "nothing is charged once everything is applied"
+        );
+        // All four writers were held, each as the leader of its last batch, for at least the
+        // 300 ms that showed them stopped.
+        assert!(stats.backlog_waits >= 4, "{stats:?}");
+        assert!(
+            stats.backlog_wait >= Duration::from_millis(300),
+            "{stats:?}"
         );
     }
 }

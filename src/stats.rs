@@ -28,6 +28,13 @@ pub struct Stats {
     pub checkpoints: u64,
     /// Records removed by TTL compaction since open.
     pub purged: u64,
+    /// How many times since open a caller that led a group commit then waited for the index
+    /// to catch up, because the acknowledged changes waiting for it took more than
+    /// [`Options::backlog_size`](crate::Options::backlog_size) (backpressure). Each wait
+    /// delays that caller's return; its write was already acknowledged.
+    pub backlog_waits: u64,
+    /// The total time of those waits.
+    pub backlog_wait: Duration,
     /// Log segments on disk.
     pub segments: u64,
     /// Bytes in the current log segment.

@@ -328,6 +328,8 @@ impl Store {
             syncs: c.syncs.load(Ordering::Relaxed),
             checkpoints: c.checkpoints.load(Ordering::Relaxed),
             purged: c.purged.load(Ordering::Relaxed),
+            backlog_waits: c.backlog_waits.load(Ordering::Relaxed),
+            backlog_wait: Duration::from_nanos(c.backlog_wait_nanos.load(Ordering::Relaxed)),
             segments: segments as u64,
             current_segment_bytes,
             key_filter_ready: filter.ready,

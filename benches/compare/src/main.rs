@@ -650,10 +650,14 @@ fn idemstore_block(run: &mut Run, dir: &Path) -> Res<()> {
             let records = after.appended.saturating_sub(b.appended);
             let batches = after.batches.saturating_sub(b.batches).max(1);
             let syncs = after.syncs.saturating_sub(b.syncs);
+            let waits = after.backlog_waits.saturating_sub(b.backlog_waits);
+            let waited = after.backlog_wait.saturating_sub(b.backlog_wait);
             format!(
-                "{:.1} records per batch, {:.2} fdatasyncs per op",
+                "{:.1} records per batch, {:.2} fdatasyncs per op; leaders waited for the \
+                 index {waits} times, {:.2} s in all",
                 records as f64 / batches as f64,
-                syncs as f64 / (records as f64 / 2.0).max(1.0)
+                syncs as f64 / (records as f64 / 2.0).max(1.0),
+                waited.as_secs_f64()
             )
         };
         run.writes(&idem, subject, &note)?;
