@@ -263,8 +263,11 @@ impl Options {
     /// Past this limit, the caller that led a group commit waits, once its batch is
     /// acknowledged, until the background thread has brought the backlog back under it
     /// (backpressure): writes then go at the index's pace. Without a background thread
-    /// (every interval `None` and [`Durability`] not `Periodic`), leaders apply the backlog
-    /// themselves and this limit is not used.
+    /// (every interval `None` and [`Durability`] not `Periodic`), leaders apply it themselves
+    /// instead, a chunk after each batch once it is over this limit (or 32 Ki changes are
+    /// queued). A recovery that replayed more than this from the log leaves it over the
+    /// limit: the first writes after the open then wait until the excess is applied.
+    /// [`Stats::backlog_waits`](crate::Stats::backlog_waits) counts the waits.
     pub fn backlog_size(mut self, bytes: usize) -> Options {
         self.backlog_size = bytes;
         self
