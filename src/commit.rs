@@ -23,8 +23,10 @@
 //! Answers that write nothing (replay, in progress, mismatch, lost) still wait for the change
 //! they were decided on if it is in flight, so nothing not yet durable is ever reported.
 //!
-//! Lock order: `core` → `recent`; `apply` → `io`; `apply` → `core`. The leader holds no lock
-//! while it writes except `io`.
+//! Lock order: `core` → `recent`; `apply` → `io`; `apply` → `core`; `apply` → `recent` and
+//! `unapplied` (one at a time). `unapplied` is held alone: a leader waiting for the index
+//! (see [`Shared::wait_for_index`]) lets go of it before it looks at `core`. The leader holds
+//! no lock while it writes except `io`.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -1251,16 +1253,13 @@ mod tests {
             held <= TEST_BACKLOG + 10 * 256,
             "{held} bytes queued for a stalled index: memory is not bounded"
         );
-        let queued = shared.unapplied.lock().changes.len();
+        let (queued, charged) = {
+            let unapplied = shared.unapplied.lock();
+            let charged: usize = unapplied.changes.iter().map(footprint).sum();
+            (unapplied.changes.len(), charged)
+        };
         assert_eq!(
-            held,
-            shared
-                .unapplied
-                .lock()
-                .changes
-                .iter()
-                .map(footprint)
-                .sum::<usize>(),
+            held, charged,
             "the charge is the queued changes' ({queued})"
         );
 
